@@ -1,0 +1,34 @@
+# The README's two commands:  `make demo`  and  `make test`.
+# Both create or update .venv at the repo root; nothing needs installing by hand.
+PYTHON ?= python3
+VENV   := .venv
+PIP    := $(VENV)/bin/pip
+# A CPU build of torch (training only). Override elsewhere, e.g. TORCH_SPEC="torch>=2.2".
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(VENV)/bin/python pyproject.toml Makefile
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[train,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/candgen demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -q || [ $$? -eq 5 ]  # 5: no tests collected
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

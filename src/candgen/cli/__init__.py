@@ -1,0 +1,1 @@
+"""The `candgen` command line: thin commands that parse arguments and call the packages."""

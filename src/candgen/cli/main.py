@@ -1,0 +1,33 @@
+"""Entry point of the `candgen` console script: registers every command module, turns errors into exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from candgen.cli.app import app, fail
+from candgen.config import ConfigError
+from candgen.errors import CandgenError
+
+# Each module registers its commands on `app` when imported.
+# from candgen.cli import data_cmds  # noqa: F401, E402  isort: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except (CandgenError, ConfigError) as e:
+        fail(str(e), getattr(e, "exit_code", 2))
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

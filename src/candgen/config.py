@@ -1,0 +1,220 @@
+"""The typed config tree: defaults in code, an optional TOML file, explicit environment overrides.
+
+`load_config(path)` reads a TOML file whose tables mirror the dataclasses below ([events], [model],
+[index], [sources], ...) and validates it; `CANDGEN_<SECTION>__<FIELD>` environment variables override
+single values (e.g. `CANDGEN_MODEL__EPOCHS=3`). `Config.digest(section)` gives a stable hash of one
+section so that anything cached from it goes stale when it changes. Imports nothing else of candgen's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+POSITIVE_EVENTS = ("view", "click", "like", "share", "purchase", "rating", "play")
+NEGATIVE_EVENTS = ("hide", "dislike", "block")
+EXPOSURE_EVENTS = ("impression",)
+KNOWN_EVENTS = POSITIVE_EVENTS + NEGATIVE_EVENTS + EXPOSURE_EVENTS
+
+
+@dataclass
+class EventsConfig:
+    """Weight of each positive event (the seed's: view 1, click 2, like 3, share 5)."""
+
+    weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "view": 1.0, "click": 2.0, "like": 3.0, "share": 5.0, "purchase": 5.0, "rating": 1.0, "play": 1.0,
+        }
+    )
+    # ratings (MovieLens) below this value count as negative feedback (hard negatives), not engagement
+    rating_negative_below: float = 2.5
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 64
+    epochs: int = 20
+    batch_size: int = 1024
+    learning_rate: float = 0.005
+    weight_decay: float = 0.0
+    temperature: float = 0.05
+    loss: str = "softmax"  # softmax | contrastive | triplet
+    logq_correction: bool = True
+    random_negatives: int = 256
+    hard_negatives: bool = True
+    history_len: int = 50
+    id_buckets: int = 1_000_000
+    id_dropout: float = 0.1
+    patience: int = 3
+    eval_k: int = 100
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class IndexConfig:
+    backend: str = "auto"  # auto | flat | hnsw | ivfpq | ivf | milvus
+    exact_below: int = 50_000  # auto: exact flat search for catalogs smaller than this
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 1000
+    ivf_nlist: int = 0  # 0: ~4*sqrt(n)
+    ivf_nprobe: int = 64
+    pq_m: int = 32
+    rerank_factor: int = 4
+    threads: int = 1  # OpenMP threads per search; 1 is fastest for single queries
+    milvus_uri: str = "http://127.0.0.1:19530"
+
+
+@dataclass
+class SourcesConfig:
+    """Share of the final list each source is given, and per-source deadlines."""
+
+    mix: dict[str, float] = field(
+        default_factory=lambda: {"collaborative": 0.4, "content": 0.3, "trending": 0.2, "social": 0.1}
+    )
+    deadline_ms: dict[str, float] = field(
+        default_factory=lambda: {"collaborative": 30.0, "content": 30.0, "trending": 30.0, "social": 30.0,
+                                 "cold_start": 30.0, "new_items": 30.0}
+    )
+    trending_half_life_hours: float = 6.0
+    social_window_hours: float = 72.0
+    recent_history: int = 50
+    cold_mix: dict[str, float] = field(default_factory=lambda: {"popular": 0.5, "interests": 0.3, "random": 0.2})
+    new_item_exploration_slots: float = 0.05
+    new_item_budget: int = 1000
+    new_item_max_age_hours: float = 48.0
+
+
+@dataclass
+class BlendConfig:
+    strategy: str = "quota"  # quota | weighted
+    max_per_creator: int = 0  # 0: no cap
+    max_per_category: int = 0
+    mmr_lambda: float = 0.0  # 0: MMR off
+    exploration_fraction: float = 0.0
+
+
+@dataclass
+class CacheConfig:
+    l1_ttl_s: float = 300.0
+    l2_ttl_s: float = 3600.0
+    l3_refresh_s: float = 600.0
+    l3_top_fraction: float = 0.10
+    l1_max_entries: int = 100_000
+    l2_max_entries: int = 1_000_000
+
+
+@dataclass
+class ServeConfig:
+    request_deadline_ms: float = 100.0
+    max_k: int = 10_000
+    max_batch: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    ann_recall_sample_every: int = 100
+
+
+@dataclass
+class Config:
+    events: EventsConfig = field(default_factory=EventsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self, section: str | None = None) -> str:
+        """A short stable hash of the whole config or of one section."""
+        d = self.to_dict() if section is None else self.to_dict()[section]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return _build(cls, d, "config")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config tree."""
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return _build(tp, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def _build(cls: Any, d: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `CANDGEN_<SECTION>__<FIELD>` overrides."""
+    d = Config().to_dict()
+    if path is not None:
+        p = Path(path)
+        try:
+            d = _merge(d, tomllib.loads(p.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    env = dict(os.environ) if env is None else env
+    for key, value in env.items():
+        if not key.startswith("CANDGEN_") or "__" not in key:
+            continue
+        section, _, name = key[len("CANDGEN_"):].lower().partition("__")
+        if section not in d or not isinstance(d[section], dict):
+            raise ConfigError(f"environment {key}: no config section '{section}'")
+        d[section][name] = value
+    return Config.from_dict(d)

@@ -1,0 +1,1 @@
+"""ANN indexes over item embeddings behind one `VectorIndex` interface. Never imports torch."""
