@@ -119,9 +119,9 @@ class Interactions:
         """Engagement weight per row: the event's weight for positive events, 0 for impressions and negatives;
         ratings below `events.rating_negative_below` count as negative (weight 0)."""
         table = np.zeros(len(KNOWN_EVENTS), dtype=np.float32)
-        for name, w in events.weights.items():
+        for name, weight in events.weights.items():
             if name in EVENT_CODE:
-                table[EVENT_CODE[name]] = w
+                table[EVENT_CODE[name]] = weight
         w: np.ndarray = table[self.event]
         rating = self.event == EVENT_CODE["rating"]
         if rating.any():
