@@ -1,0 +1,104 @@
+"""The offline pipeline behind `candgen train`: dataset → two-tower model → item embeddings → ANN index
+→ source state → a self-describing artifacts directory, written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from candgen.artifacts import Manifest, fingerprint, save_dataset
+from candgen.config import Config
+from candgen.data.dataset import Dataset
+from candgen.errors import CandgenError
+from candgen.types import NO_PROGRESS, Progress
+
+
+@dataclass
+class TrainSummary:
+    out: Path
+    model_version: str
+    n_users: int
+    n_items: int
+    n_interactions: int
+    index_kind: str
+    seconds: dict[str, float]
+
+
+def restrict_until(ds: Dataset, until: int | None) -> Dataset:
+    """Only the events before `until` (unix seconds); the catalog and users stay whole."""
+    if until is None:
+        return ds
+    keep = ds.interactions.timestamp < until
+    if not keep.any():
+        raise CandgenError(f"--until {until}: no interactions before that time")
+    return ds.with_interactions(ds.interactions.take(keep))
+
+
+def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: Progress = NO_PROGRESS,
+                    force: bool = False) -> TrainSummary:
+    """Train everything on `ds` and write the artifacts directory `out` (replaced atomically)."""
+    from candgen.index.registry import choose_index
+    from candgen.model.train import train_two_tower
+    from candgen.sources.build import build_sources, save_state
+
+    out = Path(out)
+    if len(ds.interactions) == 0:
+        raise CandgenError("the dataset has no interactions to train on")
+    if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()) and not force:
+        raise CandgenError(f"{out} exists and is not an artifacts directory; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    seconds: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        now = int(ds.interactions.timestamp.max())
+        model = train_two_tower(ds, config=config.model, events=config.events, progress=progress)
+        seconds["train"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model.save(tmp / "model")
+        vectors = np.ascontiguousarray(model.item_embeddings(ds, now=now), dtype=np.float32)
+        np.save(tmp / "item_embeddings.npy", vectors)
+        seconds["embed"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress.task("index", total=1)
+        index = choose_index(ds.n_items, vectors.shape[1], config.index)
+        index.add(vectors, np.arange(ds.n_items, dtype=np.int64))
+        index.save(tmp / "index")
+        progress.advance("index", 1)
+        seconds["index"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress.task("sources", total=1)
+        sources = build_sources(ds, config=config, model=model, index=index, item_vectors=vectors, now=now)
+        save_state(sources, tmp / "state")
+        save_dataset(ds, tmp / "dataset")
+        progress.advance("sources", 1)
+        seconds["sources"] = time.perf_counter() - t
+        Manifest(
+            model_version=model.version, dataset_fingerprint=fingerprint(ds), data_end_time=now,
+            config=config.to_dict(),
+            counts={"users": ds.n_users, "items": ds.n_items, "interactions": len(ds.interactions)},
+            extra={"index_kind": index.kind, "seconds": seconds},
+        ).write(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrainSummary(out, model.version, ds.n_users, ds.n_items, len(ds.interactions), index.kind, seconds)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Put `src` at `dst`; an existing `dst` is moved aside first and removed after the swap."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
