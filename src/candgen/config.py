@@ -101,6 +101,10 @@ class BlendConfig:
     max_per_category: int = 0
     mmr_lambda: float = 0.0  # 0: MMR off
     exploration_fraction: float = 0.0
+    normalization: str = "rank"  # rank | percentile | minmax | zscore | none (candgen.blend.normalize)
+    diversity_pool: float = 2.0  # with caps or MMR, merge this many times k and pick k from them
+    # A/B experiment (candgen.blend.experiments): {name, variants: {variant: share}, mixes: {variant: {source: w}}}
+    experiment: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
