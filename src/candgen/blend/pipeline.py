@@ -1,0 +1,132 @@
+"""The blend stage of a request: filter → normalise and merge → diversity → exploration → fallback.
+
+`blend` is the one function the engine calls per request with every source's `Candidates`; each step is a
+pure function of its own module, so each can be tested and reused alone. The list ends in an explicit
+fallback: when fewer than k valid candidates remain, the caller's fallback list (e.g. popular items) fills
+the rest, so a request with thin or failing sources still gets k candidates when the catalog allows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from candgen.blend.diversity import apply_caps, mmr
+from candgen.blend.exploration import insert_exploration
+from candgen.blend.filters import ItemSet, apply_filters
+from candgen.blend.merge import Blended, quota_merge, weighted_merge
+from candgen.blend.normalize import NORMALIZATIONS
+from candgen.config import BlendConfig, ConfigError
+from candgen.types import Candidates
+
+STRATEGIES = ("quota", "weighted")
+
+
+def check_config(config: BlendConfig) -> None:
+    """Raise `ConfigError` naming the field when the blend config cannot be run."""
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(f"blend.strategy: expected one of {', '.join(STRATEGIES)}, got {config.strategy!r}")
+    if config.normalization not in NORMALIZATIONS:
+        raise ConfigError(
+            f"blend.normalization: expected one of {', '.join(NORMALIZATIONS)}, got {config.normalization!r}"
+        )
+    if config.max_per_creator < 0 or config.max_per_category < 0:
+        raise ConfigError("blend.max_per_creator / max_per_category: expected >= 0 (0 is no cap)")
+    if not 0.0 <= config.mmr_lambda <= 1.0:
+        raise ConfigError(f"blend.mmr_lambda: expected a number in [0, 1] (0 is off), got {config.mmr_lambda}")
+    if not 0.0 <= config.exploration_fraction <= 1.0:
+        raise ConfigError(f"blend.exploration_fraction: expected a number in [0, 1], got {config.exploration_fraction}")
+    if not config.diversity_pool >= 1.0:
+        raise ConfigError(f"blend.diversity_pool: expected a number >= 1, got {config.diversity_pool}")
+
+
+def _scores_below(last: float, n: int) -> np.ndarray:
+    """n strictly decreasing scores below `last`, for items appended after the blended ones."""
+    step = (abs(last) + 1e-3) / (n + 1)
+    return (last - step * np.arange(1, n + 1)).astype(np.float32)
+
+
+def fill_from_fallback(blended: Blended, fallback: Candidates, k: int) -> Blended:
+    """Up to k items: `blended`, then the fallback's items it does not hold yet, in the fallback's order."""
+    need = k - len(blended)
+    if need <= 0 or len(fallback) == 0:
+        return blended
+    ids = np.asarray(fallback.ids, dtype=np.int64)
+    fresh = ~np.isin(ids, blended.ids)
+    _, first = np.unique(ids, return_index=True)
+    once = np.zeros(len(ids), dtype=bool)
+    once[first] = True
+    pick = np.flatnonzero(fresh & once)[:need]
+    if len(pick) == 0:
+        return blended
+    extra = Candidates(ids[pick], np.asarray(fallback.scores, dtype=np.float32)[pick], fallback.source)
+    last = float(blended.scores[-1]) if len(blended) else 1.0
+    return blended.append(extra, _scores_below(last, len(pick)))
+
+
+def blend(
+    lists: list[Candidates],
+    *,
+    k: int,
+    config: BlendConfig,
+    mix: dict[str, float],
+    exclude: ItemSet | None = None,
+    deleted: np.ndarray | None = None,
+    blocked_creators: ItemSet | None = None,
+    item_creator: np.ndarray | None = None,
+    item_category: np.ndarray | None = None,
+    explore: Candidates | None = None,
+    item_vectors: np.ndarray | None = None,
+    fallback: Candidates | None = None,
+    rng: np.random.Generator | None = None,
+) -> Blended:
+    """Blend every source's candidates into one list of at most k, best first, with provenance.
+
+    1. Filters (`apply_filters`) drop excluded, deleted and blocked-creator items from every list, the
+       exploration and the fallback candidates, before anything is counted.
+    2. Merge by `config.strategy`: `quota_merge` by `mix`, or `weighted_merge` with `mix` as weights and
+       `rng`; scores are normalised by `config.normalization` inside the merge. With caps or MMR on, the
+       merge fills `config.diversity_pool * k` so that diversity has items to choose from.
+    3. Diversity: MMR re-orders the pool when `0 < config.mmr_lambda < 1` (needs `item_vectors`); caps per
+       creator / category (`item_creator`, `item_category` codes) then take k, deferring items over a cap.
+    4. Exploration: `config.exploration_fraction * k` slots for `explore`'s items, in its order.
+    5. Fallback: when fewer than k remain, `fallback`'s items fill the rest.
+    """
+    check_config(config)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    extras = [c for c in (explore, fallback) if c is not None]
+    filtered = apply_filters(
+        [*lists, *extras],
+        exclude=exclude, deleted=deleted, blocked_creators=blocked_creators, item_creator=item_creator,
+    )
+    lists = filtered[: len(lists)]
+    rest = iter(filtered[len(lists) :])
+    explore = next(rest) if explore is not None else None
+    fallback = next(rest) if fallback is not None else None
+
+    use_mmr = 0.0 < config.mmr_lambda < 1.0
+    use_caps = config.max_per_creator > 0 or config.max_per_category > 0
+    if use_mmr and item_vectors is None:
+        raise ValueError("blend.mmr_lambda is set but no item_vectors were given for MMR")
+    pool_k = max(k, math.ceil(k * config.diversity_pool)) if (use_mmr or use_caps) else k
+    if config.strategy == "weighted":
+        merged = weighted_merge(lists, mix, pool_k, rng=rng, normalization=config.normalization)
+    else:
+        merged = quota_merge(lists, mix, pool_k, normalization=config.normalization)
+
+    if use_mmr and len(merged) and item_vectors is not None:
+        chosen = mmr(merged.ids, merged.scores, item_vectors, config.mmr_lambda, k)
+        rest_mask = np.ones(len(merged), dtype=bool)
+        rest_mask[chosen] = False
+        merged = merged.take(np.concatenate([chosen, np.flatnonzero(rest_mask)]))
+    merged = apply_caps(
+        merged, k=k, item_creator=item_creator, item_category=item_category,
+        max_per_creator=config.max_per_creator, max_per_category=config.max_per_category,
+    )
+    if explore is not None and config.exploration_fraction > 0:
+        merged = insert_exploration(merged, explore, config.exploration_fraction, k=k)
+    if fallback is not None:
+        merged = fill_from_fallback(merged, fallback, k)
+    return merged
