@@ -382,7 +382,7 @@ class EASERecommender(Recommender):
         return scores
 
 
-def _spd_inverse(a: np.ndarray) -> np.ndarray:
+def _spd_inverse(a: np.ndarray, *, block: int = 1024) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix via Cholesky (half the work of LU), in place."""
     if a.size == 0:
         return a
@@ -394,9 +394,8 @@ def _spd_inverse(a: np.ndarray) -> np.ndarray:
         raise CandgenError(f"EASE Gram matrix could not be inverted (LAPACK dpotri info={info}); raise l2")
     # dpotri fills the upper triangle only; mirror it block by block to avoid a second n x n copy
     n = inv.shape[0]
-    step = 1024
-    for start in range(0, n, step):
-        stop = min(n, start + step)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
         inv[start:stop, :start] = inv[:start, start:stop].T
         blk = inv[start:stop, start:stop]
         inv[start:stop, start:stop] = np.triu(blk) + np.triu(blk, 1).T
