@@ -1,0 +1,333 @@
+"""The HTTP API of candgen (DESIGN §4) as a FastAPI app built around any `Engine`.
+
+`create_app(engine or engine_factory, config=ServeConfig())` returns the app. With a factory the engine
+is built in a background thread at startup, so `/healthz` answers at once and `/readyz` (and every
+engine endpoint) answers 503 until the engine is ready. Writes need `Authorization: Bearer <key>` when
+an API key is configured (default: the CANDGEN_API_KEY environment variable); reads never do.
+
+Why the engine is called in a worker thread (`engine_in_threadpool=True`, the default): the request
+path is synchronous numpy/FAISS work of ~1-5 ms. Called directly from `async def` it would block the
+event loop, so accepting connections, parsing other requests and answering /healthz would all queue
+behind it, and FAISS releases the GIL, so a second core is only used with threads. The hop costs
+~50-100 µs per request (see benchmarks/http_overhead.py, which measures both ways). Writes that may be
+slow (`reload`) always run in a thread.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+import numpy as np
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic_core import to_json
+from starlette.responses import Response
+
+from candgen import __version__
+from candgen.config import ServeConfig
+from candgen.errors import CandgenError
+from candgen.serve import schemas as s
+from candgen.serve.errors import ApiError, error_response, install_error_handlers
+from candgen.serve.metrics import ServeMetrics
+from candgen.serve.middleware import T0_KEY, Gate
+from candgen.serve.protocol import CandidatesResult, Engine, EventIn, ItemIn, UserProfileIn
+from candgen.types import Request as EngineRequest
+
+log = logging.getLogger("candgen.serve")
+T = TypeVar("T")
+
+API_KEY_ENV = "CANDGEN_API_KEY"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorBody} for code in (400, 404, 413, 422, 503)
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 401: {"model": s.ErrorBody}}
+_UNSET: Any = object()
+
+
+class _EngineSlot:
+    """Holds the engine, or the factory that builds it and the error if building failed."""
+
+    def __init__(self, engine_or_factory: Engine | Callable[[], Engine]) -> None:
+        self.engine: Engine | None = None
+        self.factory: Callable[[], Engine] | None = None
+        self.error: str | None = None
+        if hasattr(engine_or_factory, "candidates"):
+            self.engine = engine_or_factory  # type: ignore[assignment]
+        elif callable(engine_or_factory):
+            self.factory = engine_or_factory
+        else:
+            raise TypeError(f"create_app needs an Engine or a callable returning one, got {engine_or_factory!r}")
+
+    def load(self) -> None:
+        assert self.factory is not None
+        try:
+            self.engine = self.factory()
+        except Exception as e:  # keep serving /healthz and say why /readyz stays 503
+            log.exception("the engine failed to load")
+            self.error = f"the engine failed to load: {e}" if isinstance(e, CandgenError) else \
+                f"the engine failed to load ({type(e).__name__}: {e}); see the server log"
+        else:
+            log.info("engine ready: model %s", self.engine.model_version)
+
+    def ready(self) -> Engine:
+        eng = self.engine
+        if eng is None or not eng.ready:
+            raise ApiError(503, "not_ready", self.error or "the engine is loading; retry shortly",
+                           headers={"Retry-After": "1"})
+        return eng
+
+
+def _candidate_list(res: CandidatesResult, explain: bool) -> list[dict[str, Any]]:
+    # built as plain dicts and serialised once by pydantic-core (Rust): validating 1000 response models
+    # would cost more than the engine call itself
+    scores = np.round(np.asarray(res.scores, dtype=np.float64), 6).tolist()
+    if explain:
+        ex = res.explain or {}
+        return [{"item_id": i, "score": sc, "sources": src, "explain": ex.get(i, {})}
+                for i, sc, src in zip(res.item_ids, scores, res.sources, strict=True)]
+    return [{"item_id": i, "score": sc, "sources": src}
+            for i, sc, src in zip(res.item_ids, scores, res.sources, strict=True)]
+
+
+def _took_ms(request: Request) -> float:
+    t0 = request.scope.get(T0_KEY, time.perf_counter())
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+def create_app(
+    engine: Engine | Callable[[], Engine],
+    *,
+    config: ServeConfig | None = None,
+    api_key: str | None = _UNSET,
+    engine_in_threadpool: bool = True,
+    max_in_flight: int = 256,
+) -> FastAPI:
+    """The FastAPI app serving `engine` (or the engine a zero-argument factory builds at startup).
+
+    `api_key`: the key writes need; default the CANDGEN_API_KEY environment variable; None or "" for none.
+    `max_in_flight`: engine calls served at once before new ones are refused with 503 `overloaded`
+    (shedding load keeps the latency of admitted requests instead of letting a queue grow).
+    """
+    cfg = config or ServeConfig()
+    key = os.environ.get(API_KEY_ENV) if api_key is _UNSET else api_key
+    key_bytes = key.encode() if key else None
+    slot = _EngineSlot(engine)
+    metrics = ServeMetrics(stats=lambda: slot.engine.stats() if slot.engine is not None else None)
+    reload_lock = threading.Lock()
+    in_flight = 0  # only touched on the event loop thread, so no lock
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if slot.factory is not None and slot.engine is None:
+            threading.Thread(target=slot.load, name="candgen-engine-load", daemon=True).start()
+        yield
+        eng, close = slot.engine, getattr(slot.engine, "close", None)
+        if eng is not None and callable(close):
+            await anyio.to_thread.run_sync(close)
+
+    app = FastAPI(
+        title="candgen", version=__version__, lifespan=lifespan,
+        description="Candidate generation: ~1000 personalised candidates per request from several sources.",
+    )
+    install_error_handlers(app)
+    app.add_middleware(Gate, max_body_bytes=cfg.max_body_bytes, metrics=metrics)
+    app.state.metrics = metrics
+    app.state.engine_slot = slot
+
+    bearer = HTTPBearer(auto_error=False, description="needed on writes when CANDGEN_API_KEY is set")
+
+    # a default, not Annotated[...]: with postponed annotations FastAPI cannot see the local `bearer`
+    def require_key(creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if key_bytes is None:
+            return
+        # compare_digest: the time taken does not reveal how much of a guessed key was right
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), key_bytes):
+            raise ApiError(401, "unauthorized", "this write needs the header 'Authorization: Bearer <API key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    write = [Depends(require_key)]
+
+    async def call(fn: Callable[..., T], *args: Any, thread: bool | None = None) -> T:
+        nonlocal in_flight
+        if in_flight >= max_in_flight:
+            metrics.shed.inc()
+            raise ApiError(503, "overloaded", f"{in_flight} requests in flight; retry shortly",
+                           headers={"Retry-After": "1"})
+        in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            if engine_in_threadpool if thread is None else thread:
+                return await anyio.to_thread.run_sync(fn, *args)
+            return fn(*args)
+        except (CandgenError, ApiError):
+            raise
+        except Exception as e:  # an engine bug fails this request only; the traceback goes to the log
+            log.exception("engine call %s failed", getattr(fn, "__name__", fn))
+            raise ApiError(500, "internal", f"the engine failed on this request ({type(e).__name__}); "
+                                            "see the server log") from e
+        finally:
+            in_flight -= 1
+            metrics.in_flight.dec()
+
+    def check_k(k: int) -> None:
+        if k > cfg.max_k:
+            raise ApiError(422, "validation_error", f"k: must be at most {cfg.max_k}", field="k")
+
+    def check_batch(n: int, name: str) -> None:
+        # 413, not 422: nothing in the batch is wrong, it is just too big; the client should split it
+        if n > cfg.max_batch:
+            raise ApiError(413, "batch_too_large", f"{name}: {n} in one request, at most {cfg.max_batch}; "
+                                                   "split the batch", field=name)
+
+    async def answer_candidates(request: Request, req: EngineRequest) -> Response:
+        check_k(req.k)
+        eng = slot.ready()
+        res = await call(eng.candidates, req)
+        metrics.observe_candidates(res)
+        body = {
+            "user_id": req.user_id, "model_version": res.model_version or eng.model_version,
+            "variant": res.variant, "candidates": _candidate_list(res, req.explain), "degraded": res.degraded,
+            "cache": res.cache, "took_ms": _took_ms(request),
+        }
+        return Response(to_json(body), media_type="application/json")
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    @app.post("/v1/candidates", response_model=s.CandidatesResponse, responses=_ERRORS, tags=["candidates"])
+    async def post_candidates(body: s.CandidatesRequest, request: Request) -> Response:
+        """Personalised candidates for one user, with the sources that found each."""
+        # the default k (1000) shrinks to a smaller configured max_k; an explicit k above it is an error
+        k = body.k if "k" in body.model_fields_set else min(body.k, cfg.max_k)
+        return await answer_candidates(request, EngineRequest(
+            user_id=body.user_id, k=k, context=body.context, exclude=body.exclude, explain=body.explain,
+        ))
+
+    @app.get("/v1/candidates/{user_id}", response_model=s.CandidatesResponse, responses=_ERRORS,
+             tags=["candidates"])
+    async def get_candidates(
+        request: Request,
+        user_id: Annotated[str, Path(min_length=1, max_length=256)],
+        k: Annotated[int | None, Query(ge=1, le=s.MAX_K, description="default 1000")] = None,
+        explain: bool = False,
+    ) -> Response:
+        """The same as POST /v1/candidates without context or excludes."""
+        k = min(1000, cfg.max_k) if k is None else k
+        return await answer_candidates(request, EngineRequest(user_id=user_id, k=k, explain=explain))
+
+    @app.get("/v1/items/{item_id}/similar", response_model=s.SimilarResponse, responses=_ERRORS, tags=["items"])
+    async def similar(
+        request: Request,
+        item_id: Annotated[str, Path(min_length=1, max_length=256)],
+        k: Annotated[int, Query(ge=1, le=s.MAX_K)] = 100,
+    ) -> Response:
+        """Item-to-item candidates; 404 for an unknown or deleted item."""
+        check_k(k)
+        eng = slot.ready()
+        res = await call(eng.similar, item_id, k)
+        body = {
+            "item_id": item_id, "model_version": res.model_version or eng.model_version,
+            "candidates": _candidate_list(res, False), "degraded": res.degraded, "took_ms": _took_ms(request),
+        }
+        return Response(to_json(body), media_type="application/json")
+
+    # --- writes -----------------------------------------------------------------------------------------
+
+    @app.post("/v1/events", status_code=202, response_model=s.EventsResponse, responses=_WRITE_ERRORS,
+              dependencies=write, tags=["writes"])
+    async def post_events(body: s.EventsRequest) -> s.EventsResponse:
+        """Engagements: update recent activity, trending, seen/blocked; invalidate the users' cached lists."""
+        check_batch(len(body.events), "events")
+        eng = slot.ready()
+        events = [EventIn(user_id=e.user_id, item_id=e.item_id, event=e.event, value=e.value,
+                          timestamp=s.to_unix_seconds(e.timestamp)) for e in body.events]
+        n = await call(eng.ingest_events, events)
+        for event, count in Counter(e.event for e in events).items():
+            metrics.events_ingested.labels(event).inc(count)
+        return s.EventsResponse(accepted=n)
+
+    @app.post("/v1/items", status_code=201, response_model=s.ItemsResponse, responses=_WRITE_ERRORS,
+              dependencies=write, tags=["writes"])
+    async def post_items(body: s.ItemsRequest) -> s.ItemsResponse:
+        """New or updated items: embedded by the item tower and retrievable at once."""
+        check_batch(len(body.items), "items")
+        eng = slot.ready()
+        items = [ItemIn(item_id=i.item_id, tags=list(i.tags), category=i.category, creator_id=i.creator_id,
+                        title=i.title, created_at=s.to_unix_seconds(i.created_at)) for i in body.items]
+        n = await call(eng.add_items, items)
+        metrics.items_added.inc(n)
+        return s.ItemsResponse(added=n)
+
+    @app.delete("/v1/items/{item_id}", status_code=204, responses=_WRITE_ERRORS, dependencies=write,
+                tags=["writes"])
+    async def delete_item(item_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response:
+        """Never return this item again; 404 if the catalog does not know it."""
+        eng = slot.ready()
+        await call(eng.delete_item, item_id)
+        metrics.items_deleted.inc()
+        return Response(status_code=204)
+
+    @app.put("/v1/users/{user_id}", response_model=s.UserResponse, responses=_WRITE_ERRORS, dependencies=write,
+             tags=["writes"])
+    async def put_user(
+        user_id: Annotated[str, Path(min_length=1, max_length=256)], body: s.UserProfile
+    ) -> s.UserResponse:
+        """Onboarding: attributes, interests and friends of a (new) user."""
+        eng = slot.ready()
+        profile = UserProfileIn(attributes=dict(body.attributes), interests=list(body.interests),
+                                friends=list(body.friends))
+        await call(eng.put_user, user_id, profile)
+        return s.UserResponse(user_id=user_id)
+
+    @app.post("/v1/admin/reload", response_model=s.ReloadResponse, responses=_WRITE_ERRORS, dependencies=write,
+              tags=["admin"])
+    async def reload(body: s.ReloadRequest | None = None) -> s.ReloadResponse:
+        """Swap in retrained artifacts atomically (no downtime); returns the new model version."""
+        eng = slot.ready()
+        if not reload_lock.acquire(blocking=False):
+            raise ApiError(503, "reload_in_progress", "another reload is running; retry when it is done",
+                           headers={"Retry-After": "5"})
+        try:
+            version = await call(eng.reload, body.art if body else None, thread=True)
+        finally:
+            reload_lock.release()
+        metrics.set_model_version(version)
+        return s.ReloadResponse(model_version=version)
+
+    # --- operations -------------------------------------------------------------------------------------
+
+    @app.get("/healthz", response_model=s.Health, response_model_exclude_none=True, tags=["operations"])
+    async def healthz() -> s.Health:
+        """Liveness: 200 while the process runs."""
+        return s.Health(status="ok")
+
+    @app.get("/readyz", response_model=s.Health, responses={503: {"model": s.ErrorBody}}, tags=["operations"])
+    async def readyz() -> Response:
+        """Readiness: 200 once the artifacts are loaded, 503 before (or if loading failed)."""
+        eng = slot.engine
+        if eng is None or not eng.ready:
+            return error_response(503, "not_ready", slot.error or "the engine is loading",
+                                  headers={"Retry-After": "1"})
+        metrics.set_model_version(eng.model_version)
+        return Response(to_json({"status": "ready", "model_version": eng.model_version}),
+                        media_type="application/json")
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        eng = slot.engine
+        if eng is not None and eng.ready:
+            metrics.set_model_version(eng.model_version)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
