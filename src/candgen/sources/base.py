@@ -1,0 +1,144 @@
+"""`UserContext` (what the engine resolves once per request) and `CandidateSource`, the base of every source.
+
+Every retrieval source (collaborative, content, trending, social, cold start, new items) reads the same
+`UserContext` and returns one named `Candidates` result: dense item indices (int64), scores (float32)
+sorted descending, at most k distinct ids, and `source` set to the source's name.
+
+    >>> class Everything(CandidateSource):
+    ...     name = "everything"
+    ...     def retrieve(self, ctx: UserContext, k: int) -> Candidates:
+    ...         ids = np.arange(min(k, 3), dtype=np.int64)
+    ...         return self.result(ids, np.ones(len(ids), np.float32))
+    >>> Everything().retrieve(UserContext.anonymous(now=0.0), k=2).ids.tolist()
+    [0, 1]
+
+Thread-safety: `retrieve` runs concurrently from the engine's thread pool while events update the
+structures a source reads. Every source in this package reads its structures through their own locked
+accessors (or immutable snapshots), never holds a lock across a whole request, and keeps no per-request
+state on `self`; its random numbers come from a per-thread generator.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from candgen.errors import ArtifactError
+from candgen.types import Candidates
+
+
+def _i64() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
+@dataclass(slots=True)
+class UserContext:
+    """Everything a source may read about the user of one request.
+
+    `user` is the dense user index (-1 for a user the artifacts do not know). `history_*` hold the
+    user's recent positive engagements newest first (`history_weights` already include the event weight
+    and the early-engagement boost). `exclude` lists items the user must not get (seen, hidden, deleted,
+    request excludes); sources may use it to over-fetch, the blend filters anyway.
+    """
+
+    user_id: str
+    user: int
+    now: float
+    history_items: np.ndarray = field(default_factory=_i64)
+    history_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    history_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    n_engagements: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
+    interests: list[str] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    friends: np.ndarray = field(default_factory=_i64)
+    exclude: np.ndarray = field(default_factory=_i64)
+
+    @staticmethod
+    def anonymous(*, now: float, user_id: str = "", context: dict[str, str] | None = None) -> UserContext:
+        """A user nobody knows anything about."""
+        return UserContext(user_id=user_id, user=-1, now=now, context=dict(context or {}))
+
+    def attribute(self, name: str) -> str | None:
+        """A segment attribute, the request context first (where the user is now), then the profile."""
+        return self.context.get(name) or self.attributes.get(name) or None
+
+
+class CandidateSource(abc.ABC):
+    """Base of every retrieval source: `retrieve(ctx, k) -> Candidates` named after `name`."""
+
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def retrieve(self, ctx: UserContext, k: int) -> Candidates:
+        """At most `k` distinct item indices for this user, scores descending, `source == self.name`.
+
+        Thread-safe: may run concurrently with other `retrieve` calls and with updates of the structures
+        the source reads. A user the source knows nothing about gets an empty (or non-personal) answer,
+        never an error."""
+
+    def result(self, ids: np.ndarray, scores: np.ndarray) -> Candidates:
+        """A `Candidates` named after this source (ids int64, scores float32)."""
+        return Candidates(ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False), self.name)
+
+
+def top_k(
+    ids: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (id, score) pairs, scores descending; ids in `exclude` dropped. `ids` must be distinct."""
+    if exclude is not None and len(exclude) and len(ids):
+        keep = ~np.isin(ids, exclude)
+        ids, scores = ids[keep], scores[keep]
+    if k <= 0 or not len(ids):
+        return ids[:0], scores[:0]
+    if len(ids) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        ids, scores = ids[part], scores[part]
+    order = np.argsort(-scores, kind="stable")
+    return ids[order], scores[order]
+
+
+def sum_by_id(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ids and the summed weight of each (vectorised group-by)."""
+    if not len(ids):
+        return ids.astype(np.int64), weights.astype(np.float64)
+    uniq, inv = np.unique(ids, return_inverse=True)
+    return uniq.astype(np.int64, copy=False), np.bincount(inv, weights=weights, minlength=len(uniq))
+
+
+_local = threading.local()
+
+
+def thread_rng(seed: int | None = None) -> np.random.Generator:
+    """A per-thread random generator (numpy generators are not thread-safe)."""
+    rng = getattr(_local, "rng", None)
+    if rng is None:
+        rng = np.random.default_rng(seed)
+        _local.rng = rng
+    return rng
+
+
+def save_parts(directory: str | Path, name: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """Write `<name>.npz` (numpy arrays, no pickle) and `<name>.json` (metadata) under `directory`."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / f"{name}.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
+    (d / f"{name}.json").write_text(json.dumps(meta))
+
+
+def load_parts(directory: str | Path, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What `save_parts` wrote; ArtifactError when it is missing or unreadable."""
+    d = Path(directory)
+    try:
+        meta = json.loads((d / f"{name}.json").read_text())
+        with np.load(d / f"{name}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}, meta
+    except (FileNotFoundError, KeyError, ValueError, OSError) as e:
+        raise ArtifactError(f"{name} state in {d} is missing or unreadable: {e}") from None
