@@ -1,0 +1,90 @@
+"""build_state / make_sources / record_event / save_state / load_state on a small dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from candgen.config import Config
+from candgen.data.dataset import Dataset
+from candgen.errors import ArtifactError
+from candgen.sources.build import build_sources, build_state, load_state, save_state
+
+H = 3600
+
+
+def _dataset() -> Dataset:
+    inter = pl.DataFrame({
+        "user_id": ["u1", "u1", "u2", "u2", "u3", "u3"],
+        "item_id": ["a", "b", "a", "c", "b", "d"],
+        "timestamp": [0, H, 2 * H, 3 * H, 4 * H, 5 * H],
+        "event": ["view", "like", "share", "click", "view", "hide"],
+    })
+    items = pl.DataFrame({"item_id": ["a", "b", "c", "d", "e"], "tags": [["x"], ["y"], ["x"], ["z"], ["x"]],
+                          "category": ["m", "m", "n", "n", "m"], "creator_id": ["c1", "c2", "c1", "c3", "c2"],
+                          "created_at": [0, 0, 0, 0, 5 * H]})
+    users = pl.DataFrame({"user_id": ["u1", "u2", "u3"], "country": ["US", "US", "BR"],
+                          "language": ["en", "en", "pt"], "age_group": ["a", "b", "a"]})
+    social = pl.DataFrame({"user_id": ["u1", "u2"], "friend_id": ["u2", "u1"]})
+    return Dataset.from_frames(inter, items, users, social)
+
+
+def test_build_sources_without_a_model_has_no_collaborative():
+    sources = build_sources(_dataset(), config=Config())
+    assert set(sources) == {"content", "trending", "social", "cold_start", "new_items"}
+    assert all(s.name == n for n, s in sources.items())
+
+
+def test_events_reach_every_structure():
+    ds = _dataset()
+    st = build_state(ds, config=Config())
+    u1, e = ds.users.get("u1"), ds.items.get("e")
+    st.record_event(user=u1, item=e, event="share", t=6 * H, attributes={"country": "US", "language": "en"})
+    assert st.activity.history(u1)[0][0] == e
+    assert st.trending.top(1, "country=US", now=6 * H).ids[0] == e
+    assert st.trending.top(1, "category=m", now=6 * H).ids[0] == e
+    assert st.bandit.posterior(e)[0] == 2.0
+    st.record_event(user=u1, item=e, event="impression", t=6 * H)
+    assert st.bandit.posterior(e)[1] == 1.0
+    st.record_event(user=u1, item=ds.items.get("c"), event="block", t=6 * H)
+    assert st.activity.blocked_creators(u1).tolist() == [st.catalog.creators.get("c1")]
+    st.record_event(user=u1, item=ds.items.get("d"), event="rating", value=1.0, t=6 * H)
+    assert ds.items.get("d") in st.activity.hidden(u1)
+    with pytest.raises(ValueError, match="unknown event 'poke'"):
+        st.record_event(user=u1, item=e, event="poke", t=6 * H)
+
+
+def test_new_and_deleted_items():
+    st = build_state(_dataset(), config=Config())
+    new = st.add_item("f", tags=["x"], category="m", creator="c9", created_at=5 * H)
+    assert new in st.bandit and st.tags.items("tag", st.catalog.tags.get("x"), 1)[0] == new
+    st.delete_item(new)
+    assert new not in st.bandit and st.catalog.is_deleted[new]
+
+
+def test_save_load_round_trip(tmp_path):
+    ds = _dataset()
+    st = build_state(ds, config=Config())
+    st.record_event(user=0, item=4, event="like", t=6 * H, attributes={"country": "BR"})
+    st.add_item("f", tags=["q"], created_at=6 * H)
+    save_state(st, tmp_path)
+    back = load_state(tmp_path)
+    assert back.catalog.items.ids() == st.catalog.items.ids()
+    for seg in (None, "country=BR"):
+        assert back.trending.top(5, seg, now=6 * H).ids.tolist() == st.trending.top(5, seg, now=6 * H).ids.tolist()
+    assert back.activity.history(0)[0].tolist() == st.activity.history(0)[0].tolist()
+    assert np.array_equal(back.social.friends(0)[0], st.social.friends(0)[0])
+    assert back.events.weights == st.events.weights and len(back.bandit) == len(st.bandit)
+
+
+def test_load_state_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="no source state"):
+        load_state(tmp_path)
+    save_state(build_state(_dataset(), config=Config()), tmp_path)
+    meta = json.loads((tmp_path / "sources.json").read_text())
+    (tmp_path / "sources.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format 99"):
+        load_state(tmp_path)

@@ -1,0 +1,110 @@
+"""SegmentPopularity (segment fallback) and ColdStartSource (the 50/30/20 explore mix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from candgen.config import EventsConfig
+from candgen.data.dataset import Dataset
+from candgen.errors import ArtifactError
+from candgen.sources.base import UserContext
+from candgen.sources.catalog import Catalog
+from candgen.sources.coldstart import ColdStartSource, SegmentPopularity
+from candgen.sources.content import TagIndex
+
+
+def _dataset() -> Dataset:
+    # items p0..p99 are popular with (18-24, US, en) users, q0..q99 with (18-24, US, pt) users,
+    # g* globally with everyone else; t0..t199 carry the tag "jazz" and nobody engages with them.
+    users = pl.DataFrame({
+        "user_id": ["a", "b", "c", "d"], "age_group": ["18-24", "18-24", "65+", "65+"],
+        "country": ["US", "US", "FR", "FR"], "language": ["en", "pt", "fr", "fr"],
+    })
+    rows = [("a", f"p{i}", 100 - i) for i in range(100)] + [("b", f"q{i}", 100 - i) for i in range(100)]
+    rows += [(u, f"g{i}", 300 - i) for u in ("c", "d") for i in range(300)]
+    inter = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "timestamp": [0] * len(rows), "event": ["view"] * len(rows)})
+    items = pl.DataFrame({"item_id": [f"t{i}" for i in range(200)], "tags": [["jazz"]] * 200})
+    ds = Dataset.from_frames(inter, items, users)
+    # popularity by repetition: weight rows so that lower index = more popular
+    reps = np.array([r[2] for r in rows])
+    idx = np.repeat(np.arange(len(rows)), reps)
+    return ds.with_interactions(ds.interactions.take(idx))
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[Dataset, SegmentPopularity, ColdStartSource]:
+    ds = _dataset()
+    pop = SegmentPopularity.from_dataset(ds, events=EventsConfig(), half_life_hours=720.0, now=0.0)
+    cat = Catalog.from_dataset(ds)
+    src = ColdStartSource(pop, TagIndex.from_catalog(cat, np.zeros(cat.n_items)), cat, seed=0)
+    return ds, pop, src
+
+
+def test_segment_keys_fall_back_from_specific_to_broad(world):
+    _, pop, _ = world
+    assert pop.keys_for({"age_group": "18-24", "country": "US", "language": "en"}) == [
+        "age_group|country|language=18-24|US|en", "age_group|country=18-24|US", "age_group=18-24"]
+    assert pop.keys_for({"country": "US"}) == []  # no age group: straight to global
+
+
+def test_popular_in_segment_then_fallback(world):
+    ds, pop, _ = world
+    top = ds.items.ids(pop.top(150, {"age_group": "18-24", "country": "US", "language": "en"}, now=0.0).ids)
+    assert top[:100] == [f"p{i}" for i in range(100)]  # the exact segment first, in popularity order
+    assert set(top[100:]) <= {f"q{i}" for i in range(100)}  # then (18-24, US) fills up
+    pt = ds.items.ids(pop.top(5, {"age_group": "18-24", "country": "US", "language": "pt"}, now=0.0).ids)
+    assert pt == [f"q{i}" for i in range(5)]
+    unknown = ds.items.ids(pop.top(5, {"age_group": "35-44", "country": "JP"}, now=0.0).ids)
+    assert unknown == [f"g{i}" for i in range(5)]  # unseen segment: global
+
+
+def test_popularity_updates_per_event(world):
+    ds, _, _ = world
+    pop = SegmentPopularity.from_dataset(ds, events=EventsConfig(), half_life_hours=720.0, now=0.0)
+    attrs = {"age_group": "18-24", "country": "US", "language": "en"}
+    item = ds.items.get("t7")
+    pop.add(item, 1000.0, 0.0, attrs)
+    assert pop.top(1, attrs, now=0.0).ids[0] == item
+
+
+def test_mix_is_50_popular_30_interests_20_random(world):
+    ds, _, src = world
+    ctx = UserContext(user_id="new", user=-1, now=0.0, interests=["jazz"],
+                      attributes={"age_group": "18-24", "country": "US", "language": "en"})
+    c = src.retrieve(ctx, 100)
+    names = ds.items.ids(c.ids)
+    popular = [n for n in names if n.startswith("p")]
+    jazz = [n for n in names if n.startswith("t")]
+    assert len(c) == 100 and len(set(names)) == 100
+    assert len(popular) == 50 and popular == [f"p{i}" for i in range(50)]
+    assert 30 <= len(jazz) <= 30 + 20  # random items may also be jazz items
+    assert len(popular) + len(jazz) <= 100
+    first20 = ds.items.ids(c.ids[:20])
+    assert 7 <= sum(n.startswith("p") for n in first20) <= 13  # every prefix keeps the mix
+
+
+def test_without_interests_their_share_goes_to_popular(world):
+    ds, _, src = world
+    ctx = UserContext(user_id="new", user=-1, now=0.0, context={"age_group": "65+", "country": "FR"})
+    names = ds.items.ids(src.retrieve(ctx, 100).ids)
+    assert sum(n.startswith("g") for n in names) >= 80
+
+
+def test_is_new_below_the_threshold(world):
+    _, _, src = world
+    assert src.is_new(UserContext(user_id="x", user=0, now=0.0, n_engagements=9))
+    assert not src.is_new(UserContext(user_id="x", user=0, now=0.0, n_engagements=10))
+
+
+def test_popularity_round_trip(tmp_path, world):
+    _, pop, _ = world
+    pop.save(tmp_path)
+    back = SegmentPopularity.load(tmp_path)
+    attrs = {"age_group": "18-24", "country": "US", "language": "pt"}
+    assert back.attributes == pop.attributes
+    assert pop.top(20, attrs, now=0.0).ids.tolist() == back.top(20, attrs, now=0.0).ids.tolist()
+    with pytest.raises(ArtifactError, match="popularity"):
+        SegmentPopularity.load(tmp_path / "missing")

@@ -1,0 +1,104 @@
+"""NewItemBandit (Thompson sampling, Beta updates, budget, age) and NewItemSource."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from candgen.config import EventsConfig
+from candgen.data.dataset import Dataset
+from candgen.errors import ArtifactError
+from candgen.sources.base import UserContext
+from candgen.sources.newitems import NewItemBandit, NewItemSource
+
+H = 3600.0
+
+
+def test_beta_posterior_counts_successes_and_failures():
+    b = NewItemBandit(budget=100, max_age_hours=48.0)
+    b.add_item(1, created_at=0.0)
+    assert b.posterior(1) == (1.0, 1.0)
+    for _ in range(4):
+        b.record_impression(1)
+    b.record_engagement(1)
+    assert b.posterior(1) == (2.0, 4.0)  # 1 success, 3 impressions without one
+    b.record_impression(99)  # unknown items are ignored
+    b.record_engagement(99)
+    with pytest.raises(KeyError):
+        b.posterior(99)
+
+
+def test_successful_items_are_drawn_more_often():
+    b = NewItemBandit(budget=10_000, max_age_hours=48.0)
+    b.add_item(1, created_at=0.0)
+    b.add_item(2, created_at=0.0)
+    for _ in range(50):
+        b.record_impression(1)
+        b.record_impression(2)
+    b.record_engagement(1, 20)
+    b.record_engagement(2, 2)
+    rng = np.random.default_rng(0)
+    first = [int(b.sample(1, now=0.0, rng=rng).ids[0]) for _ in range(500)]
+    assert first.count(1) > 450  # Beta(21, 31) vs Beta(3, 49)
+
+
+def test_budget_exhaustion_and_age_remove_items():
+    b = NewItemBandit(budget=3, max_age_hours=1.0)
+    b.add_item(1, created_at=0.0)
+    b.add_item(2, created_at=0.0)
+    b.add_item(3, created_at=2 * H)
+    for _ in range(3):
+        b.record_impression(1)
+    assert 1 not in b and len(b) == 2
+    rng = np.random.default_rng(0)
+    assert set(b.sample(5, now=2 * H, rng=rng).ids.tolist()) == {3}  # item 2 is too old to be drawn
+    assert b.expire(now=2 * H) == 1 and len(b) == 1
+    b.add_item(3, created_at=0.0)  # already there: no-op
+    b.remove(3)
+    b.remove(3)
+    assert len(b) == 0 and len(b.sample(5, now=0.0, rng=rng)) == 0
+
+
+def test_pool_grows_and_swap_removal_keeps_counts():
+    b = NewItemBandit(budget=1000, max_age_hours=48.0)
+    for i in range(100):
+        b.add_item(i, created_at=float(i))
+        b.record_engagement(i, i)
+    for i in range(0, 100, 3):
+        b.remove(i)
+    assert all(b.posterior(i)[0] == 1 + i for i in range(100) if i % 3)
+
+
+def test_build_from_dataset_takes_fresh_items_with_budget_left():
+    inter = pl.DataFrame({
+        "user_id": ["u"] * 7, "item_id": ["new", "new", "new", "spent", "spent", "spent", "old"],
+        "timestamp": [10, 11, 12, 10, 11, 12, 12],
+        "event": ["impression", "like", "impression", "impression", "impression", "impression", "view"],
+    })
+    items = pl.DataFrame({"item_id": ["new", "spent", "old", "future"],
+                          "created_at": [0, 0, -100 * int(H), 10_000]})
+    ds = Dataset.from_frames(inter, items)
+    b = NewItemBandit.from_dataset(ds, events=EventsConfig(), budget=3, max_age_hours=48.0, now=20.0)
+    assert len(b) == 1 and ds.items.get("new") in b
+    assert b.posterior(ds.items.get("new")) == (2.0, 2.0)
+
+
+def test_source_skips_excluded_and_deleted(tmp_path):
+    from candgen.sources.catalog import Catalog
+
+    ds = Dataset.from_frames(pl.DataFrame({"user_id": ["u"], "item_id": ["a"], "timestamp": [0]}),
+                             pl.DataFrame({"item_id": ["a", "b", "c"]}))
+    cat = Catalog.from_dataset(ds)
+    b = NewItemBandit(budget=10, max_age_hours=48.0)
+    for i in range(3):
+        b.add_item(i, created_at=0.0)
+    src = NewItemSource(b, cat, seed=1)
+    cat.delete(0)
+    ctx = UserContext(user_id="u", user=0, now=0.0, exclude=np.array([1]))
+    assert src.retrieve(ctx, 5).ids.tolist() == [2]
+    b.save(tmp_path)
+    back = NewItemBandit.load(tmp_path)
+    assert back.posterior(2) == b.posterior(2) and len(back) == 3 and back.budget == 10
+    with pytest.raises(ArtifactError):
+        NewItemBandit.load(tmp_path / "missing")
