@@ -1,0 +1,64 @@
+"""The import-string app factory uvicorn calls in every worker process: `candgen.serve.factory:make_app`.
+
+uvicorn can only fork several workers from an import string, so the artifacts path and state URL travel
+in environment variables that `serve.runner.run` sets before starting uvicorn:
+
+- `CANDGEN_ART` (required): the artifacts directory;
+- `CANDGEN_STATE`: the state URL (`memory://`, `redis://...`), empty for the embedded default;
+- `CANDGEN_CONFIG`: an optional TOML config file (ServeConfig limits come from its [serve] table);
+- `CANDGEN_ENGINE`: `module:function` that opens the engine, default `candgen.engine:open_engine`
+  (tests and benchmarks point it at a fake engine).
+
+The engine is opened in a background thread after the app starts (see `create_app`), so /healthz
+answers at once and /readyz turns 200 when the artifacts are loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from candgen.config import load_config
+from candgen.errors import CandgenError
+from candgen.serve.app import create_app
+from candgen.serve.protocol import Engine
+
+ART_ENV = "CANDGEN_ART"
+STATE_ENV = "CANDGEN_STATE"
+CONFIG_ENV = "CANDGEN_CONFIG"
+ENGINE_ENV = "CANDGEN_ENGINE"
+DEFAULT_ENGINE = "candgen.engine:open_engine"
+
+
+def resolve_opener(spec: str) -> Callable[[str, str | None], Engine]:
+    """'package.module:function' → the function; a clear CandgenError if it cannot be imported."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CandgenError(f"{ENGINE_ENV}: got {spec!r}, expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CandgenError(f"{ENGINE_ENV}: cannot import {module_name!r} ({e})") from None
+    opener = getattr(module, attr, None)
+    if not callable(opener):
+        raise CandgenError(f"{ENGINE_ENV}: {module_name!r} has no function {attr!r}")
+    return opener  # type: ignore[no-any-return]
+
+
+def make_app() -> FastAPI:
+    """Build the app from the environment (called by uvicorn with `factory=True`, once per worker)."""
+    art = os.environ.get(ART_ENV)
+    if not art:
+        raise CandgenError(f"{ART_ENV} is not set: start the service with `candgen serve ART`")
+    state_url = os.environ.get(STATE_ENV) or None
+    config = load_config(os.environ.get(CONFIG_ENV) or None)
+    spec = os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE
+
+    def open_engine() -> Engine:
+        # imported here, in the loading thread: the engine pulls in numpy/FAISS state and may be slow
+        return resolve_opener(spec)(art, state_url)
+
+    return create_app(open_engine, config=config.serve)
