@@ -36,6 +36,7 @@ def test_build_sources_without_a_model_has_no_collaborative():
     sources = build_sources(_dataset(), config=Config())
     assert set(sources) == {"content", "trending", "social", "cold_start", "new_items"}
     assert all(s.name == n for n, s in sources.items())
+    assert sources.state.catalog.n_items == 5
 
 
 def test_events_reach_every_structure():
@@ -78,6 +79,12 @@ def test_save_load_round_trip(tmp_path):
     assert back.activity.history(0)[0].tolist() == st.activity.history(0)[0].tolist()
     assert np.array_equal(back.social.friends(0)[0], st.social.friends(0)[0])
     assert back.events.weights == st.events.weights and len(back.bandit) == len(st.bandit)
+
+
+def test_save_state_accepts_the_sources_dict(tmp_path):
+    sources = build_sources(_dataset(), config=Config())
+    save_state(sources, tmp_path)
+    assert load_state(tmp_path).catalog.items.ids() == sources.state.catalog.items.ids()
 
 
 def test_load_state_errors(tmp_path):

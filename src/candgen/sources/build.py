@@ -93,6 +93,14 @@ class SourceState:
         self.bandit.remove(item)
 
 
+class SourceSet(dict[str, CandidateSource]):
+    """The sources by name, and the `state` they read (what `save_state` writes)."""
+
+    def __init__(self, sources: Mapping[str, CandidateSource], state: SourceState) -> None:
+        super().__init__(sources)
+        self.state = state
+
+
 def _last_time(ds: Dataset) -> float:
     return float(ds.interactions.timestamp[-1]) if len(ds.interactions) else 0.0
 
@@ -122,9 +130,9 @@ def build_state(ds: Dataset, *, config: Config, now: float | None = None) -> Sou
 def make_sources(
     state: SourceState, *, config: Config, model: UserEncoder | None = None, index: VectorIndex | None = None,
     item_vectors: VectorLookup = None,
-) -> dict[str, CandidateSource]:
-    """The sources over `state`, by name. Collaborative needs a model and an index; content uses the index
-    for item-to-item similarity when one is given."""
+) -> SourceSet:
+    """The sources over `state`, by name (`.state` holds the state). Collaborative needs a model and an
+    index; content uses the index for item-to-item similarity when one is given."""
     sc = config.sources
     sources: dict[str, CandidateSource] = {
         "content": ContentSource(state.tags, state.catalog, index=index, item_vectors=item_vectors),
@@ -136,20 +144,22 @@ def make_sources(
     }
     if model is not None and index is not None:
         sources["collaborative"] = CollaborativeSource(model, index, item_vectors, catalog=state.catalog)
-    return sources
+    return SourceSet(sources, state)
 
 
 def build_sources(
     ds: Dataset, *, config: Config, model: UserEncoder | None = None, index: VectorIndex | None = None,
     item_vectors: VectorLookup = None, now: float | None = None,
-) -> dict[str, CandidateSource]:
-    """`make_sources(build_state(ds, ...), ...)`."""
+) -> SourceSet:
+    """`make_sources(build_state(ds, ...), ...)`: a dict of sources whose `.state` `save_state` accepts."""
     return make_sources(build_state(ds, config=config, now=now), config=config, model=model, index=index,
                         item_vectors=item_vectors)
 
 
-def save_state(state: SourceState, directory: str | Path) -> None:
-    """Every structure as npz (no pickle) + JSON under `directory`."""
+def save_state(state: SourceState | SourceSet, directory: str | Path) -> None:
+    """Every structure as npz (no pickle) + JSON under `directory` (given the state or `build_sources`' result)."""
+    if isinstance(state, SourceSet):
+        state = state.state
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state.catalog.save(d)

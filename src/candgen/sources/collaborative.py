@@ -36,7 +36,7 @@ class UserEncoder(Protocol):
         history_items: np.ndarray,
         history_weights: np.ndarray,
         history_item_vectors: np.ndarray | None = None,
-        now: float,
+        now: int | None = None,
     ) -> np.ndarray:
         """A (dim,) float32 user embedding, L2-normalised."""
         ...
@@ -84,7 +84,7 @@ class CollaborativeSource(CandidateSource):
         vectors = lookup_vectors(self.item_vectors, self.index, hist)
         vec = self.encoder.embed_user(
             attributes=ctx.attributes, interests=ctx.interests, context=ctx.context, history_items=hist,
-            history_weights=ctx.history_weights, history_item_vectors=vectors, now=ctx.now,
+            history_weights=ctx.history_weights, history_item_vectors=vectors, now=int(ctx.now),
         )
         return np.ascontiguousarray(np.asarray(vec, np.float32).reshape(1, -1))
 
