@@ -20,7 +20,9 @@ class _Groups:
 
     def __init__(self, codes: np.ndarray) -> None:
         self.codes = codes
-        self.order = np.argsort(codes, kind="stable")
+        # codes and positions packed into one unique key: the fast unstable sort gives the stable order
+        n = len(codes)
+        self.order = np.argsort((codes + 1) * n + np.arange(n, dtype=np.int64))
         g = codes[self.order]
         new_group = np.ones(len(g), dtype=bool)
         np.not_equal(g[1:], g[:-1], out=new_group[1:])

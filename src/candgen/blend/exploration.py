@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from candgen.blend.idset import first_occurrence, member
 from candgen.blend.merge import Blended
 from candgen.types import Candidates
 
@@ -45,12 +46,11 @@ def insert_exploration(
     n_keep = min(len(blended), k - n_slots)
     kept = blended.take(np.arange(n_keep)) if n_keep < len(blended) else blended
     ids = np.asarray(explore.ids, dtype=np.int64)
+    own = np.asarray(explore.scores, dtype=np.float32)
+    ids, own = ids[ids >= 0], own[ids >= 0]
     # items the blend already placed in its top k are not exploration: never repeat them
-    fresh = ~np.isin(ids, blended.ids[:k])
-    _, first = np.unique(ids, return_index=True)
-    once = np.zeros(len(ids), dtype=bool)
-    once[first] = True
-    pool = np.flatnonzero(fresh & once)
+    fresh = ~member(ids, blended.ids[:k])
+    pool = np.flatnonzero(fresh & first_occurrence(ids))
     if rng is not None and len(pool) > n_slots:
         pool = np.sort(rng.choice(pool, size=n_slots, replace=False))
     pool = pool[:n_slots]
@@ -63,7 +63,7 @@ def insert_exploration(
         kept = blended.take(np.arange(n_keep))
     total = n_keep + n
     slots = exploration_slots(total, n)
-    chosen = Candidates(ids[pool], np.asarray(explore.scores, dtype=np.float32)[pool], explore.source)
+    chosen = Candidates(ids[pool], own[pool], explore.source)
     # neighbours in the final list: the kept item before the slot and the one after it
     before = slots - np.arange(n) - 1
     s = kept.scores

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from candgen.blend.idset import member
 from candgen.types import Candidates
 
 ItemSet = np.ndarray | set[int] | frozenset[int] | Sequence[int]
@@ -60,15 +61,16 @@ def valid_mask(
     safe = np.where(ok, ids, 0)
     ex = _as_array(exclude)
     if len(ex):
-        ok &= ~np.isin(ids, ex)
+        ok &= ~member(safe, ex[ex >= 0])
     if deleted is not None and len(deleted):
         ok &= ~_lookup(np.asarray(deleted, dtype=bool), safe, False)
     blocked = _as_array(blocked_creators)
     if len(blocked):
         if item_creator is None:
             raise ValueError("blocked_creators needs item_creator (the creator code of each item)")
-        creators = _lookup(np.asarray(item_creator), safe, -1)
-        ok &= ~np.isin(creators, blocked) | (creators < 0)
+        creators = _lookup(np.asarray(item_creator), safe, -1).astype(np.int64, copy=False)
+        known = creators >= 0
+        ok &= ~(member(np.where(known, creators, 0), blocked[blocked >= 0]) & known)
     return ok
 
 
@@ -82,8 +84,8 @@ def apply_filters(
 ) -> list[Candidates]:
     """Every list without the items that `valid_mask` rejects; order, scores and source names are kept.
 
-    All lists are checked in one `valid_mask` call over their concatenated ids (one `np.isin` per request,
-    not per source).
+    All lists are checked in one `valid_mask` call over their concatenated ids (one pass per request, not per
+    source).
     """
     if not lists:
         return []

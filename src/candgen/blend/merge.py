@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from candgen.blend.idset import argsort_desc, compact
 from candgen.blend.normalize import normalize
 from candgen.types import Candidates
 
@@ -154,7 +155,7 @@ class _Pool:
             raise ValueError(f"at most {MAX_SOURCES} sources can be blended, got {len(lists)}")
         self.names = tuple(c.source for c in lists)
         all_ids = np.concatenate([np.asarray(c.ids, dtype=np.int64) for c in lists]) if lists else np.empty(0, np.int64)
-        self.uniq, inv = np.unique(all_ids, return_inverse=True)
+        self.uniq, inv = compact(all_ids)
         n = len(self.uniq)
         self.mask = np.zeros(n, dtype=np.uint64)
         self.fused = np.zeros(n, dtype=np.float32)
@@ -209,8 +210,18 @@ def _first_occurrences(codes: np.ndarray, n: int) -> np.ndarray | None:
     return np.sort(first)
 
 
+def _drop_negative(c: Candidates) -> Candidates:
+    """The list without negative ids (padding from an index search that found fewer than asked)."""
+    ids = np.asarray(c.ids)
+    if len(ids) == 0 or int(ids.min()) >= 0:
+        return c
+    keep = ids >= 0
+    return Candidates(ids[keep], np.asarray(c.scores)[keep], c.source)
+
+
 def _one_list_per_source(lists: Sequence[Candidates]) -> list[Candidates]:
-    """Lists that share a source name are concatenated into one (normalisation then re-ranks by score)."""
+    """Lists that share a source name are concatenated into one, re-ranked by score; negative ids dropped."""
+    lists = [_drop_negative(c) for c in lists]
     names = [c.source for c in lists]
     if len(set(names)) == len(names):
         return list(lists)
@@ -224,7 +235,7 @@ def _one_list_per_source(lists: Sequence[Candidates]) -> list[Candidates]:
             continue
         ids = np.concatenate([np.asarray(c.ids, dtype=np.int64) for c in group])
         scores = np.concatenate([np.asarray(c.scores, dtype=np.float32) for c in group])
-        order = np.argsort(-scores, kind="stable")
+        order = argsort_desc(scores)
         out.append(Candidates(ids[order], scores[order], name))
     return out
 
@@ -269,7 +280,7 @@ def quota_merge(
         picked.append(got)
         left -= len(got)
     codes = np.concatenate(picked)
-    codes = codes[np.argsort(-pool.fused[codes], kind="stable")]
+    codes = codes[argsort_desc(pool.fused[codes])]
     return pool.result(codes)
 
 
@@ -336,6 +347,6 @@ def weighted_merge(
     if not taken_codes:
         return Blended.empty(pool.names)
     codes = np.concatenate(taken_codes)
-    codes = codes[np.argsort(np.concatenate(taken_keys), kind="stable")]
+    codes = codes[np.argsort(np.concatenate(taken_keys))]  # keys are unique: no need for a stable sort
     scores = 1.0 - np.arange(len(codes), dtype=np.float32) / np.float32(max(k, 1))
     return pool.result(codes, scores)

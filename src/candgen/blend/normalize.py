@@ -20,6 +20,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from candgen.blend.idset import argsort_desc
 from candgen.types import Candidates
 
 Normalization = Literal["rank", "percentile", "minmax", "zscore", "none"]
@@ -38,7 +39,7 @@ def ranks(scores: np.ndarray) -> np.ndarray:
     if n < 2 or bool(np.all(scores[:-1] >= scores[1:])):
         return np.arange(n, dtype=np.float32)
     out = np.empty(n, dtype=np.float32)
-    out[np.argsort(-scores, kind="stable")] = np.arange(n, dtype=np.float32)
+    out[argsort_desc(scores)] = np.arange(n, dtype=np.float32)
     return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from candgen.blend.diversity import apply_caps, mmr
 from candgen.blend.exploration import insert_exploration
 from candgen.blend.filters import ItemSet, apply_filters
+from candgen.blend.idset import first_occurrence, member
 from candgen.blend.merge import Blended, quota_merge, weighted_merge
 from candgen.blend.normalize import NORMALIZATIONS
 from candgen.config import BlendConfig, ConfigError
@@ -53,14 +54,12 @@ def fill_from_fallback(blended: Blended, fallback: Candidates, k: int) -> Blende
     if need <= 0 or len(fallback) == 0:
         return blended
     ids = np.asarray(fallback.ids, dtype=np.int64)
-    fresh = ~np.isin(ids, blended.ids)
-    _, first = np.unique(ids, return_index=True)
-    once = np.zeros(len(ids), dtype=bool)
-    once[first] = True
-    pick = np.flatnonzero(fresh & once)[:need]
+    scores = np.asarray(fallback.scores, dtype=np.float32)
+    ids, scores = ids[ids >= 0], scores[ids >= 0]
+    pick = np.flatnonzero(~member(ids, blended.ids) & first_occurrence(ids))[:need]
     if len(pick) == 0:
         return blended
-    extra = Candidates(ids[pick], np.asarray(fallback.scores, dtype=np.float32)[pick], fallback.source)
+    extra = Candidates(ids[pick], scores[pick], fallback.source)
     last = float(blended.scores[-1]) if len(blended) else 1.0
     return blended.append(extra, _scores_below(last, len(pick)))
 

@@ -1,0 +1,103 @@
+"""Set operations on item ids in O(n) with a per-thread, catalog-sized scratch array, and a fast stable sort.
+
+The blend does a few set operations per request (is this id excluded? seen in another list already?) over a
+few thousand ids. Hash or sort based versions (`np.isin`, `np.unique`) cost 100-200 µs each at that size;
+writing marks into a zeroed array indexed by item id, reading them back and clearing them costs a few µs.
+The scratch array is per thread (so concurrent requests never share it), grows to the largest id seen
+(4 bytes per catalog item per thread: 4 MB at 1M items) and is always left zeroed, even on errors.
+Ids must be >= 0; callers drop negative ids (index padding) first.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+_local = threading.local()
+MAX_SCRATCH_ITEMS = 200_000_000  # above this id range fall back to sort-based numpy set operations
+
+
+def _scratch(size: int) -> np.ndarray | None:
+    """A zeroed int32 array of length >= size for this thread, or None when size is out of reason."""
+    if size > MAX_SCRATCH_ITEMS:
+        return None
+    buf: np.ndarray | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        grown = max(size, int(len(buf) * 1.5) if buf is not None else size, 1024)
+        buf = np.zeros(grown, dtype=np.int32)
+        _local.buf = buf
+    return buf
+
+
+def _upper(*arrays: np.ndarray) -> int:
+    return max(int(a.max()) for a in arrays if len(a)) + 1
+
+
+def member(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Boolean mask: `ids[i]` is one of `values` (both non-negative int arrays); like `np.isin`."""
+    if len(ids) == 0 or len(values) == 0:
+        return np.zeros(len(ids), dtype=bool)
+    buf = _scratch(_upper(ids, values))
+    if buf is None:
+        return np.isin(ids, values)
+    try:
+        buf[values] = 1
+        return buf[ids] == 1
+    finally:
+        buf[values] = 0
+
+
+def first_occurrence(ids: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first occurrence of each id (non-negative ints), in input order."""
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    buf = _scratch(_upper(ids))
+    if buf is None:
+        out = np.zeros(n, dtype=bool)
+        out[np.unique(ids, return_index=True)[1]] = True
+        return out
+    pos = np.arange(1, n + 1, dtype=np.int32)
+    try:
+        # with repeated indices the last write wins, so writing in reverse leaves each id's first position
+        buf[ids[::-1]] = pos[::-1]
+        return buf[ids] == pos
+    finally:
+        buf[ids] = 0
+
+
+def compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(uniq, inv)` with `uniq[inv] == ids`; `uniq` holds each distinct id once, in order of first occurrence."""
+    first = first_occurrence(ids)
+    uniq = ids[first]
+    if len(uniq) == len(ids):
+        return uniq, np.arange(len(ids), dtype=np.int64)
+    buf = _scratch(_upper(ids))
+    if buf is None:
+        lookup = {v: i for i, v in enumerate(uniq.tolist())}
+        return uniq, np.fromiter((lookup[v] for v in ids.tolist()), dtype=np.int64, count=len(ids))
+    try:
+        buf[uniq] = np.arange(len(uniq), dtype=np.int32)
+        return uniq, buf[ids].astype(np.int64)
+    finally:
+        buf[uniq] = 0
+
+
+def argsort_desc(scores: np.ndarray) -> np.ndarray:
+    """Positions that sort float scores descending, ties in input order (a stable sort, 3x faster than numpy's).
+
+    The float32 bits are mapped to order-preserving integers and packed with the position into one int64
+    key, so numpy's fast unstable sort gives the stable order. NaN sorts last.
+    """
+    s = np.asarray(scores, dtype=np.float32)
+    n = len(s)
+    if n >= 2**31:
+        return np.argsort(-s, kind="stable")
+    s = np.where(np.isnan(s), np.float32(-np.inf), s)
+    bits = s.view(np.int32).astype(np.int64)
+    # negative floats order backwards as integers: flip their magnitude bits
+    ordered = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    descending = (np.int64(2**31 - 1) - ordered).astype(np.uint64)  # in [0, 2**32)
+    key = (descending << np.uint64(32)) | np.arange(n, dtype=np.uint64)
+    return np.argsort(key)
