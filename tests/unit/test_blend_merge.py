@@ -173,3 +173,13 @@ def test_blended_helpers():
     tail = b.append(cands([43], "collaborative", [0.1]), np.array([0.0]))
     assert tail.ids[-1] == 43 and tail.sources(2) == ("collaborative",)
     assert tail.source_names == b.source_names
+
+
+def test_normalisation_decides_how_sources_compare():
+    lists = [cands([1, 2], "collaborative", [0.9, 0.8]), cands([5, 6], "trending", [900.0, 10.0])]
+    mix = {"collaborative": 0.5, "trending": 0.5}
+    # rank-based: both tops tie at 0.5 and keep input order; raw scores let trending's scale win
+    assert quota_merge(lists, mix, 4).ids.tolist()[:2] == [1, 5]
+    assert quota_merge(lists, mix, 4, normalization="none").ids.tolist() == [5, 6, 1, 2]
+    with pytest.raises(ValueError, match="unknown score normalisation"):
+        quota_merge(lists, mix, 4, normalization="softmax")

@@ -149,7 +149,10 @@ def quota_shares(mix: Mapping[str, float], k: int) -> dict[str, int]:
 class _Pool:
     """All candidates of one request mapped to compact codes 0..U-1, with provenance and fused scores."""
 
-    def __init__(self, lists: Sequence[Candidates], weights: Mapping[str, float], normalization: str) -> None:
+    def __init__(
+        self, lists: Sequence[Candidates], weights: Mapping[str, float], normalization: str | None
+    ) -> None:
+        """`normalization` None skips the fused score (the weighted merge ranks by draw order instead)."""
         lists = _one_list_per_source(lists)
         if len(lists) > MAX_SOURCES:
             raise ValueError(f"at most {MAX_SOURCES} sources can be blended, got {len(lists)}")
@@ -177,7 +180,8 @@ class _Pool:
             own = np.full(n, np.nan, dtype=np.float32)
             own[seg] = raw
             self.own[cand.source] = own
-            self.fused[seg] += np.float32(weights.get(cand.source, default_w)) * normalize(raw, normalization)
+            if normalization is not None:
+                self.fused[seg] += np.float32(weights.get(cand.source, default_w)) * normalize(raw, normalization)
         self.taken = np.zeros(n, dtype=bool)
 
     def take_next(self, name: str, m: int) -> np.ndarray:
@@ -290,7 +294,6 @@ def weighted_merge(
     k: int,
     *,
     rng: np.random.Generator | None = None,
-    normalization: str = "rank",
 ) -> Blended:
     """The probabilistic weighted merge: each slot comes from a source drawn with probability ∝ its weight.
 
@@ -305,7 +308,7 @@ def weighted_merge(
         raise ValueError(f"k must be >= 0, got {k}")
     _check_weights(weights)
     rng = np.random.default_rng(0) if rng is None else rng
-    pool = _Pool(lists, weights, normalization)
+    pool = _Pool(lists, weights, None)
     names = [n for n in _ordered_sources(pool.names, weights) if weights.get(n, 0.0) > 0]
     # per source, its codes in rank order and a cursor over them
     cursors = dict.fromkeys(names, 0)

@@ -85,7 +85,7 @@ def blend(
     1. Filters (`apply_filters`) drop excluded, deleted and blocked-creator items from every list, the
        exploration and the fallback candidates, before anything is counted.
     2. Merge by `config.strategy`: `quota_merge` by `mix`, or `weighted_merge` with `mix` as weights and
-       `rng`; scores are normalised by `config.normalization` inside the merge. With caps or MMR on, the
+       `rng`; the quota merge ranks by scores normalised by `config.normalization`. With caps or MMR on, the
        merge fills `config.diversity_pool * k` so that diversity has items to choose from.
     3. Diversity: MMR re-orders the pool when `0 < config.mmr_lambda < 1` (needs `item_vectors`); caps per
        creator / category (`item_creator`, `item_category` codes) then take k, deferring items over a cap.
@@ -111,7 +111,7 @@ def blend(
         raise ValueError("blend.mmr_lambda is set but no item_vectors were given for MMR")
     pool_k = max(k, math.ceil(k * config.diversity_pool)) if (use_mmr or use_caps) else k
     if config.strategy == "weighted":
-        merged = weighted_merge(lists, mix, pool_k, rng=rng, normalization=config.normalization)
+        merged = weighted_merge(lists, mix, pool_k, rng=rng)
     else:
         merged = quota_merge(lists, mix, pool_k, normalization=config.normalization)
 
