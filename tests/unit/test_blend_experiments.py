@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from candgen.blend.experiments import Experiment, ExperimentError, assign, bucket
+from candgen.blend.experiments import Experiment, ExperimentError, assign, bucket, choose_mix, experiment_from_config
+from candgen.config import BlendConfig
 from candgen.errors import CandgenError
 
 CONFIG = {
@@ -86,3 +87,14 @@ def test_not_a_table_and_known_sources_override():
     assert e.mixes == {"a": {"popular": 1.0}}
     with pytest.raises(ExperimentError, match="sum to 1"):
         Experiment("direct", {"a": 0.2})
+
+
+def test_choose_mix_from_the_blend_config():
+    default = {"collaborative": 0.4, "content": 0.3, "trending": 0.2, "social": 0.1}
+    assert experiment_from_config(BlendConfig().experiment) is None
+    assert choose_mix("u1", None, default) == ("", default)
+    e = experiment_from_config(CONFIG)
+    variants = {choose_mix(f"u{i}", e, default)[0] for i in range(300)}
+    assert variants == set(CONFIG["variants"])
+    variant, mix = choose_mix("u1", e, default)
+    assert variant == assign("u1", e) and mix == e.mix_for(variant, default)

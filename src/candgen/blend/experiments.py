@@ -141,3 +141,21 @@ def assign(user_id: str, experiment: Experiment) -> str:
         if u < acc:
             return variant
     return last  # float rounding left u just above the summed shares
+
+
+def experiment_from_config(d: Mapping[str, Any] | None, *, known_sources: Iterable[str] = DEFAULT_SOURCES
+                           ) -> Experiment | None:
+    """The experiment of `BlendConfig.experiment`, or None when the table is empty (no experiment running)."""
+    if not d:
+        return None
+    return Experiment.from_config(d, known_sources=known_sources)
+
+
+def choose_mix(
+    user_id: str, experiment: Experiment | None, default: Mapping[str, float]
+) -> tuple[str, dict[str, float]]:
+    """`(variant, mix)` for this user: the assigned variant's mix, or `("", default)` with no experiment."""
+    if experiment is None:
+        return "", dict(default)
+    variant = assign(user_id, experiment)
+    return variant, experiment.mix_for(variant, default)
