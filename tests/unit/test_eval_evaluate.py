@@ -121,7 +121,7 @@ def test_report_outputs(split: Split, tmp_path: Path) -> None:
     console = Console(record=True, width=250)
     console.print(report.to_table())
     text = console.export_text()
-    assert "cold users (1)" in text and "popular" in text and "coverage@2" in text
+    assert "cold users (1)" in text and "popular" in text and "coverage" in text and "all test users, at k=2" in text
 
 
 def test_missing_cohort_shows_na(tmp_path: Path) -> None:

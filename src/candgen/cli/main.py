@@ -13,6 +13,7 @@ from candgen.errors import CandgenError
 # Each module registers its commands on `app` when imported.
 from candgen.cli import data_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import serve_cmds  # noqa: F401, E402  isort: skip
+from candgen.cli import eval_cmds  # noqa: F401, E402  isort: skip
 
 
 def main(argv: list[str] | None = None) -> None:

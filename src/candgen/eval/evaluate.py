@@ -71,7 +71,8 @@ class EvalReport:
         return [f"{metric}@{k}" for metric in m.RANKING_METRICS for k in self.ks]
 
     def to_table(self) -> Any:
-        """A rich renderable: one table per cohort with users, then the beyond-accuracy table."""
+        """A rich renderable that fits 80 columns: per cohort, one row per (recommender, k) with recall,
+        precision, NDCG and hit rate; then the beyond-accuracy table."""
         from rich.console import Group
         from rich.table import Table
 
@@ -80,17 +81,22 @@ class EvalReport:
             n = self.cohort_users.get(cohort, 0)
             t = Table(title=f"{cohort} users ({n:,})", title_justify="left")
             t.add_column("recommender")
-            for name in self.metric_names():
-                t.add_column(name, justify="right")
+            t.add_column("k", justify="right")
+            for metric in m.RANKING_METRICS:
+                t.add_column(metric.replace("_", " "), justify="right")
             for r in self.results:
-                t.add_row(r.name, *(_fmt(r.metrics[cohort].get(name)) for name in self.metric_names()))
+                for i, k in enumerate(self.ks):
+                    t.add_row(r.name if i == 0 else "", str(k),
+                              *(_fmt(r.metrics[cohort].get(f"{metric}@{k}")) for metric in m.RANKING_METRICS),
+                              end_section=i == len(self.ks) - 1)
             tables.append(t)
-        t = Table(title=f"all test users, at k={max(self.ks)}", title_justify="left")
+        k_max = max(self.ks)
+        t = Table(title=f"all test users, at k={k_max}", title_justify="left")
         t.add_column("recommender")
         for name in self._beyond_names():
-            t.add_column(name, justify="right")
+            t.add_column(name.removesuffix(f"@{k_max}"), justify="right")
         t.add_column("fit s", justify="right")
-        t.add_column("recommend s", justify="right")
+        t.add_column("rec s", justify="right")
         for r in self.results:
             t.add_row(r.name, *(_fmt(r.beyond.get(name)) for name in self._beyond_names()),
                       f"{r.fit_seconds:.1f}", f"{r.recommend_seconds:.1f}")
