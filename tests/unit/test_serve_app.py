@@ -141,3 +141,10 @@ def test_direct_calls_without_threadpool_behave_the_same(engine: FakeEngine) -> 
 def test_create_app_rejects_something_that_is_no_engine() -> None:
     with pytest.raises(TypeError, match="Engine or a callable"):
         create_app(42, api_key=None)  # type: ignore[arg-type]
+
+
+def test_every_answer_carries_the_server_time(client: TestClient) -> None:
+    for r in (client.get("/healthz"), client.post("/v1/candidates", json={"user_id": "a", "k": 0}),
+              client.post("/v1/candidates", json={"user_id": "a"})):
+        name, _, dur = r.headers["server-timing"].partition(";dur=")
+        assert name == "app" and 0 < float(dur) < 10_000

@@ -250,3 +250,10 @@ def test_the_default_k_shrinks_to_a_smaller_max_k() -> None:
     with TestClient(create_app(FakeEngine(), config=cfg, api_key=None)) as c:
         assert len(c.post("/v1/candidates", json={"user_id": "a"}).json()["candidates"]) == 20
         assert len(c.get("/v1/candidates/a").json()["candidates"]) == 20
+
+
+def test_shedding_and_direct_calls_follow_the_serve_config() -> None:
+    cfg = ServeConfig(max_in_flight=0, engine_in_threadpool=False)
+    with TestClient(create_app(FakeEngine(), config=cfg, api_key=None)) as c:
+        assert_error(c.get("/v1/candidates/a"), 503, "overloaded")
+        assert c.get("/healthz").status_code == 200  # health never goes through the engine

@@ -27,9 +27,9 @@ from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic_core import to_json
 from starlette.responses import Response
 
 from candgen import __version__
@@ -86,9 +86,13 @@ class _EngineSlot:
         return eng
 
 
+def _json(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
 def _candidate_list(res: CandidatesResult, explain: bool) -> list[dict[str, Any]]:
-    # built as plain dicts and serialised once by pydantic-core (Rust): validating 1000 response models
-    # would cost more than the engine call itself
+    # plain dicts serialised once by orjson: validating 1000 response models, or pydantic-core's to_json,
+    # would cost more than the engine call itself (benchmarks/http_overhead.py)
     scores = np.round(np.asarray(res.scores, dtype=np.float64), 6).tolist()
     if explain:
         ex = res.explain or {}
@@ -108,16 +112,22 @@ def create_app(
     *,
     config: ServeConfig | None = None,
     api_key: str | None = _UNSET,
-    engine_in_threadpool: bool = True,
-    max_in_flight: int = 256,
+    engine_in_threadpool: bool | None = None,
+    max_in_flight: int | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine` (or the engine a zero-argument factory builds at startup).
 
     `api_key`: the key writes need; default the CANDGEN_API_KEY environment variable; None or "" for none.
-    `max_in_flight`: engine calls served at once before new ones are refused with 503 `overloaded`
-    (shedding load keeps the latency of admitted requests instead of letting a queue grow).
+    `engine_in_threadpool` (default `config.engine_in_threadpool`): see the module docstring.
+    `max_in_flight` (default `config.max_in_flight`): engine calls served at once before new ones are
+    refused with 503 `overloaded` (shedding load keeps the latency of admitted requests instead of
+    letting a queue grow).
     """
     cfg = config or ServeConfig()
+    if engine_in_threadpool is None:
+        engine_in_threadpool = cfg.engine_in_threadpool
+    if max_in_flight is None:
+        max_in_flight = cfg.max_in_flight
     key = os.environ.get(API_KEY_ENV) if api_key is _UNSET else api_key
     key_bytes = key.encode() if key else None
     slot = _EngineSlot(engine)
@@ -198,7 +208,7 @@ def create_app(
             "variant": res.variant, "candidates": _candidate_list(res, req.explain), "degraded": res.degraded,
             "cache": res.cache, "took_ms": _took_ms(request),
         }
-        return Response(to_json(body), media_type="application/json")
+        return _json(body)
 
     # --- reads ------------------------------------------------------------------------------------------
 
@@ -237,7 +247,7 @@ def create_app(
             "item_id": item_id, "model_version": res.model_version or eng.model_version,
             "candidates": _candidate_list(res, False), "degraded": res.degraded, "took_ms": _took_ms(request),
         }
-        return Response(to_json(body), media_type="application/json")
+        return _json(body)
 
     # --- writes -----------------------------------------------------------------------------------------
 
@@ -317,8 +327,7 @@ def create_app(
             return error_response(503, "not_ready", slot.error or "the engine is loading",
                                   headers={"Retry-After": "1"})
         metrics.set_model_version(eng.model_version)
-        return Response(to_json({"status": "ready", "model_version": eng.model_version}),
-                        media_type="application/json")
+        return _json({"status": "ready", "model_version": eng.model_version})
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus() -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -119,7 +120,7 @@ class ServeMetrics:
         for stage, seconds in res.timings.items():
             self.stage_seconds.labels(stage).observe(seconds)
         counts: dict[str, int] = dict(res.source_counts) if res.source_counts else dict(
-            Tally(s for srcs in res.sources for s in srcs)
+            Tally(chain.from_iterable(res.sources))  # counted in C: a generator costs ~0.3 ms per 1000
         )
         for source, n in counts.items():
             if n > 0:

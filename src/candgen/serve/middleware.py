@@ -1,5 +1,7 @@
 """The ASGI gate in front of the app: request timing, the body size limit, per-endpoint latency metrics.
 
+Every answer carries `Server-Timing: app;dur=<ms>`, the server time from arrival to the answer.
+
 A pure ASGI middleware (not Starlette's `BaseHTTPMiddleware`, which costs a task and a stream per
 request). It reads the body itself, before any parsing, so an oversized body is refused with 413 from
 its Content-Length alone, or as soon as a chunked upload crosses the limit, without being buffered.
@@ -43,6 +45,10 @@ class Gate:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # standard Server-Timing header: server time up to the answer (the body is built by now),
+                # so clients and benchmarks can tell server time from network time
+                ms = (time.perf_counter() - t0) * 1000.0
+                message["headers"] = [*message.get("headers", ()), (b"server-timing", b"app;dur=%.3f" % ms)]
             await send(message)
 
         try:
