@@ -122,16 +122,18 @@ def main() -> None:
             item_creator=world.item_creator)),
         ("quota_merge only", lambda r: quota_merge(r.lists, MIX, k)),
         ("weighted_merge only", lambda r: weighted_merge(r.lists, MIX, k, rng=np.random.default_rng(1))),
-        ("blend: default (filters+quota+fallback)", run_blend(BlendConfig())),
-        ("blend: weighted", run_blend(BlendConfig(strategy="weighted"))),
-        ("blend: caps creator 5 / category 100", run_blend(BlendConfig(max_per_creator=5, max_per_category=100))),
+        ("blend: filters+quota (no exploration)", run_blend(BlendConfig(exploration_fraction=0.0))),
+        ("blend: weighted", run_blend(BlendConfig(strategy="weighted", exploration_fraction=0.0))),
+        ("blend: caps creator 5 / category 100", run_blend(
+            BlendConfig(max_per_creator=5, max_per_category=100, exploration_fraction=0.0))),
         ("blend: exploration 5%", run_blend(BlendConfig(exploration_fraction=0.05))),
-        ("blend: caps + exploration + provenance list", lambda r: run_blend(
+        ("blend: caps + exploration 5% + provenance list", lambda r: run_blend(
             BlendConfig(max_per_creator=5, max_per_category=100, exploration_fraction=0.05))(r).source_lists()),
         ("experiments.assign (one user)", lambda r: assign(str(id(r)), exp)),
     ]
     if args.mmr:
-        cases.append(("blend: MMR lambda 0.7 (pool 2000)", run_blend(BlendConfig(mmr_lambda=0.7))))
+        mmr_config = BlendConfig(mmr_lambda=0.7, exploration_fraction=0.0)
+        cases.append(("blend: MMR lambda 0.7 (pool 2000)", run_blend(mmr_config)))
     print(f"blend benchmark: {len(MIX)} sources x {args.per_source} candidates, k={k}, catalog {args.items:,}")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'case':48s} {'median us':>10s} {'p99 us':>10s} {'cpu us':>10s}")

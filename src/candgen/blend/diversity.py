@@ -98,7 +98,7 @@ def apply_caps(
     if categories is not None:
         groups.append((categories, max_per_category))
     if not groups:
-        return blended if len(blended) <= k else blended.take(np.arange(k))
+        return blended if len(blended) <= k else blended.take(slice(0, k))
     ok = cap_admitted(groups, len(ids))
     order = np.concatenate([np.flatnonzero(ok), np.flatnonzero(~ok)])[:k]
     return blended.take(order)

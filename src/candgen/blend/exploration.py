@@ -42,9 +42,9 @@ def insert_exploration(
     k = len(blended) if k is None else k
     n_slots = min(int(round(fraction * k)), k)
     if n_slots == 0 or len(explore) == 0:
-        return blended if len(blended) <= k else blended.take(np.arange(k))
+        return blended if len(blended) <= k else blended.take(slice(0, k))
     n_keep = min(len(blended), k - n_slots)
-    kept = blended.take(np.arange(n_keep)) if n_keep < len(blended) else blended
+    kept = blended.take(slice(0, n_keep)) if n_keep < len(blended) else blended
     ids = np.asarray(explore.ids, dtype=np.int64)
     own = np.asarray(explore.scores, dtype=np.float32)
     ids, own = ids[ids >= 0], own[ids >= 0]
@@ -60,7 +60,7 @@ def insert_exploration(
     if n < n_slots and n_keep < len(blended):
         # fewer exploration items than slots: give the unused slots back to the list
         n_keep = min(len(blended), k - n)
-        kept = blended.take(np.arange(n_keep))
+        kept = blended.take(slice(0, n_keep))
     total = n_keep + n
     slots = exploration_slots(total, n)
     chosen = Candidates(ids[pool], own[pool], explore.source)

@@ -74,8 +74,8 @@ class Blended:
         bit = np.uint64(1 << self.source_names.index(name))
         return (self.source_mask & bit) != 0
 
-    def take(self, positions: np.ndarray) -> Blended:
-        """The candidates at `positions`, in that order."""
+    def take(self, positions: np.ndarray | slice) -> Blended:
+        """The candidates at `positions` (an index array, or a slice: views, no copy), in that order."""
         return Blended(
             ids=self.ids[positions],
             scores=self.scores[positions],

@@ -8,6 +8,7 @@ the rest, so a request with thin or failing sources still gets k candidates when
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -95,15 +96,10 @@ def blend(
     check_config(config)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    extras = [c for c in (explore, fallback) if c is not None]
-    filtered = apply_filters(
-        [*lists, *extras],
-        exclude=exclude, deleted=deleted, blocked_creators=blocked_creators, item_creator=item_creator,
+    filters = functools.partial(
+        apply_filters, exclude=exclude, deleted=deleted, blocked_creators=blocked_creators, item_creator=item_creator
     )
-    lists = filtered[: len(lists)]
-    rest = iter(filtered[len(lists) :])
-    explore = next(rest) if explore is not None else None
-    fallback = next(rest) if fallback is not None else None
+    lists = filters(lists)
 
     use_mmr = 0.0 < config.mmr_lambda < 1.0
     use_caps = config.max_per_creator > 0 or config.max_per_category > 0
@@ -124,8 +120,11 @@ def blend(
         merged, k=k, item_creator=item_creator, item_category=item_category,
         max_per_creator=config.max_per_creator, max_per_category=config.max_per_category,
     )
+    # exploration and fallback candidates are filtered only when they are used (the fallback rarely is)
     if explore is not None and config.exploration_fraction > 0:
+        explore = filters([explore])[0]
         merged = insert_exploration(merged, explore, config.exploration_fraction, k=k)
-    if fallback is not None:
+    if fallback is not None and len(merged) < k:
+        fallback = filters([fallback])[0]
         merged = fill_from_fallback(merged, fallback, k)
     return merged
