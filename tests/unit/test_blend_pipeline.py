@@ -116,3 +116,19 @@ def test_bad_config_is_a_clear_error(change, field):
 def test_negative_k_is_an_error():
     with pytest.raises(ValueError, match="k must be >= 0"):
         blend(sources(), k=-1, config=BlendConfig(), mix=MIX)
+
+
+def test_inputs_are_never_modified_and_explain_names_every_source():
+    lists = sources(50) + [cands(np.arange(10), "social")]  # social twice: items 0-9 overlap collaborative
+    before = [(c.ids.copy(), c.scores.copy()) for c in lists]
+    exclude = np.array([3, 1001])
+    config = BlendConfig(max_per_creator=3, exploration_fraction=0.1)
+    out = blend(lists, k=60, config=config, mix=MIX, exclude=exclude, item_creator=np.arange(N_ITEMS) // 5,
+                explore=cands([9000, 9001], "new_items"), fallback=cands([7000], "popular"))
+    for c, (ids, scores) in zip(lists, before, strict=True):
+        np.testing.assert_array_equal(c.ids, ids)
+        np.testing.assert_array_equal(c.scores, scores)
+    assert exclude.tolist() == [3, 1001]
+    i = out.ids.tolist().index(0)
+    assert set(out.explain(i)) == {"collaborative", "social"}
+    assert out.explain(i)["collaborative"] == pytest.approx(1.0)

@@ -67,6 +67,10 @@ class Blended:
         decoded = [tuple(name for j, name in enumerate(self.source_names) if int(m) >> j & 1) for m in uniq]
         return [decoded[i] for i in inv.tolist()]
 
+    def explain(self, i: int) -> dict[str, float]:
+        """Each source that found the i-th candidate and its own score for it (for `--explain`)."""
+        return {name: float(s[i]) for name, s in self.source_scores.items() if not np.isnan(s[i])}
+
     def found_by(self, name: str) -> np.ndarray:
         """Boolean mask of the candidates that the source `name` found."""
         if name not in self.source_names:

@@ -92,6 +92,8 @@ def blend(
        creator / category (`item_creator`, `item_category` codes) then take k, deferring items over a cap.
     4. Exploration: `config.exploration_fraction * k` slots for `explore`'s items, in its order.
     5. Fallback: when fewer than k remain, `fallback`'s items fill the rest.
+
+    Pure: the inputs are never modified. Thread-safe: concurrent requests may call it from any threads.
     """
     check_config(config)
     if k < 0:
