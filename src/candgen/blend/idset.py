@@ -69,19 +69,25 @@ def first_occurrence(ids: np.ndarray) -> np.ndarray:
 
 def compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`(uniq, inv)` with `uniq[inv] == ids`; `uniq` holds each distinct id once, in order of first occurrence."""
-    first = first_occurrence(ids)
-    uniq = ids[first]
-    if len(uniq) == len(ids):
-        return uniq, np.arange(len(ids), dtype=np.int64)
-    buf = _scratch(_upper(ids))
+    n = len(ids)
+    buf = _scratch(_upper(ids)) if n else None
     if buf is None:
-        lookup = {v: i for i, v in enumerate(uniq.tolist())}
-        return uniq, np.fromiter((lookup[v] for v in ids.tolist()), dtype=np.int64, count=len(ids))
+        if n == 0:
+            return ids[:0].astype(np.int64), np.zeros(0, dtype=np.int64)
+        _, first, inv_sorted = np.unique(ids, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")  # sorted-unique order -> first-occurrence order
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return ids[np.sort(first)], rank[inv_sorted]
+    pos = np.arange(1, n + 1, dtype=np.int32)
     try:
-        buf[uniq] = np.arange(len(uniq), dtype=np.int32)
-        return uniq, buf[ids].astype(np.int64)
+        buf[ids[::-1]] = pos[::-1]  # the last write wins: each id keeps its first position (1-based)
+        first_pos = buf[ids]
     finally:
-        buf[uniq] = 0
+        buf[ids] = 0
+    is_first = first_pos == pos
+    code_of_pos = np.cumsum(is_first) - 1
+    return ids[is_first], code_of_pos[first_pos - 1]
 
 
 def argsort_desc(scores: np.ndarray) -> np.ndarray:

@@ -164,6 +164,7 @@ class _Pool:
         all_ids = np.concatenate([np.asarray(c.ids, dtype=np.int64) for c in lists]) if lists else np.empty(0, np.int64)
         self.uniq, inv = compact(all_ids)
         n = len(self.uniq)
+        all_distinct = n == len(all_ids)  # then no source repeats an item either
         self.mask = np.zeros(n, dtype=np.uint64)
         self.fused = np.zeros(n, dtype=np.float32)
         self.own: dict[str, np.ndarray] = {}
@@ -176,7 +177,7 @@ class _Pool:
             seg = inv[start : start + len(cand)]
             start += len(cand)
             raw = np.asarray(cand.scores, dtype=np.float32)
-            keep = _first_occurrences(seg, n)
+            keep = None if all_distinct else _first_occurrences(seg, n)
             if keep is not None:  # a source listed an item twice: its first (best) occurrence counts
                 seg, raw = seg[keep], raw[keep]
             self.segments[cand.source] = seg
