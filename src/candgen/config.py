@@ -47,6 +47,7 @@ class ModelConfig:
     weight_decay: float = 0.0
     temperature: float = 0.05
     loss: str = "softmax"  # softmax | contrastive | triplet
+    margin: float = 0.2  # cosine margin of the contrastive and triplet losses
     logq_correction: bool = True
     random_negatives: int = 256
     hard_negatives: bool = True
@@ -89,7 +90,11 @@ class SourcesConfig:
     social_window_hours: float = 72.0
     recent_history: int = 50
     cold_mix: dict[str, float] = field(default_factory=lambda: {"popular": 0.5, "interests": 0.3, "random": 0.2})
-    new_item_exploration_slots: float = 0.05
+    # the blend's mix for new users (fewer than `new_user_engagements`): cold start leads
+    cold_user_mix: dict[str, float] = field(
+        default_factory=lambda: {"cold_start": 0.6, "trending": 0.2, "collaborative": 0.1, "content": 0.1}
+    )
+    new_user_engagements: int = 10
     new_item_budget: int = 1000
     new_item_max_age_hours: float = 48.0
 
@@ -100,7 +105,7 @@ class BlendConfig:
     max_per_creator: int = 0  # 0: no cap
     max_per_category: int = 0
     mmr_lambda: float = 0.0  # 0: MMR off
-    exploration_fraction: float = 0.0
+    exploration_fraction: float = 0.02  # share of k reserved for new items chosen by the bandit
     normalization: str = "rank"  # rank | percentile | minmax | zscore | none (candgen.blend.normalize)
     diversity_pool: float = 2.0  # with caps or MMR, merge this many times k and pick k from them
     # A/B experiment (candgen.blend.experiments): {name, variants: {variant: share}, mixes: {variant: {source: w}}}

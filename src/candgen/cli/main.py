@@ -14,6 +14,9 @@ from candgen.errors import CandgenError
 from candgen.cli import data_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import serve_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import eval_cmds  # noqa: F401, E402  isort: skip
+from candgen.cli import index_cmds  # noqa: F401, E402  isort: skip
+from candgen.cli import train_cmds  # noqa: F401, E402  isort: skip
+from candgen.cli import recommend_cmds  # noqa: F401, E402  isort: skip
 
 
 def main(argv: list[str] | None = None) -> None:

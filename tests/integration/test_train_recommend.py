@@ -1,0 +1,200 @@
+"""train → artifacts → engine → recommend, end to end on a tiny synthetic world."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from candgen.artifacts import Manifest
+from candgen.cli.main import main
+from candgen.config import Config
+from candgen.data.io import load_dataset
+from candgen.data.synthetic import generate_world
+from candgen.engine import Engine
+from candgen.errors import CandgenError, UnknownIdError
+from candgen.pipeline import restrict_until, train_artifacts
+from candgen.sources.base import CandidateSource
+from candgen.types import Candidates, Request
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config() -> Config:
+    cfg = Config()
+    cfg.model.epochs = 1
+    cfg.model.dim = 16
+    cfg.model.batch_size = 256
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root / "w", users=300, items=600, days=10, seed=3)
+    ds = load_dataset(root / "w")
+    train_artifacts(ds, root / "art", config=tiny_config())
+    return root, ds
+
+
+@pytest.fixture()
+def engine(world):
+    e = Engine.load(world[0] / "art", deadlines=False)
+    yield e
+    e.close()
+
+
+def warm_user(ds, min_events: int = 15) -> str:
+    counts = np.bincount(ds.interactions.user, minlength=ds.n_users)
+    return ds.users.id(int(np.argmax(counts >= min_events)))
+
+
+def test_artifacts_are_self_describing(world):
+    root, ds = world
+    m = Manifest.read(root / "art")
+    assert m.counts == {"users": ds.n_users, "items": ds.n_items, "interactions": len(ds.interactions)}
+    assert m.data_end_time == int(ds.interactions.timestamp.max())
+    assert m.model_version.startswith("twotower-") and "faiss" in m.libraries
+    for part in ("dataset/arrays.npz", "model", "item_embeddings.npy", "index/metadata.json", "state/sources.json"):
+        assert (root / "art" / part).exists(), part
+
+
+def test_warm_user_gets_k_distinct_unseen_candidates_with_provenance(world, engine):
+    _, ds = world
+    uid = warm_user(ds)
+    res = engine.candidates(Request(user_id=uid, k=100, now=engine.now_default))
+    assert len(res.item_ids) == 100 == len(set(res.item_ids))
+    assert all(res.sources[i] for i in range(100))
+    seen = set(ds.items.ids(ds.interactions.item[ds.interactions.user == ds.users.get(uid)]))
+    assert not seen & set(res.item_ids)
+    assert np.all(np.diff(np.asarray(res.scores)) <= 1e-6)
+    assert {"collaborative", "content", "trending"} <= {s for ss in res.sources for s in ss}
+    assert res.variant == "default" and not res.degraded
+
+
+def test_unknown_user_takes_the_cold_start_path(engine):
+    res = engine.candidates(Request(user_id="never-seen", k=50, now=engine.now_default))
+    assert res.variant == "cold" and len(res.item_ids) == 50
+    assert "cold_start" in {s for ss in res.sources for s in ss}
+
+
+def test_request_excludes_and_deleted_items_are_never_returned(world, engine):
+    _, ds = world
+    uid = warm_user(ds)
+    first = engine.candidates(Request(user_id=uid, k=30, now=engine.now_default)).item_ids
+    engine.state.delete_item(engine.state.catalog.items.get(first[1]))
+    res = engine.candidates(Request(user_id=uid, k=30, exclude=[first[0], "no-such-item"], now=engine.now_default))
+    assert first[0] not in res.item_ids and first[1] not in res.item_ids
+
+
+def test_explain_gives_each_finding_sources_score(world, engine):
+    res = engine.candidates(Request(user_id=warm_user(world[1]), k=20, explain=True, now=engine.now_default))
+    assert res.explain is not None
+    for item, sources in zip(res.item_ids, res.sources, strict=True):
+        found = {s for s in sources if s != "popular"}
+        assert found <= set(res.explain[item])
+
+
+class Broken(CandidateSource):
+    name = "content"
+
+    def retrieve(self, ctx, k):
+        raise RuntimeError("index backend down")
+
+
+class Slow(CandidateSource):
+    name = "trending"
+
+    def retrieve(self, ctx, k):
+        time.sleep(0.5)
+        return Candidates.empty(self.name)
+
+
+def test_failing_and_late_sources_degrade_instead_of_failing(world):
+    e = Engine.load(world[0] / "art")
+    try:
+        e.sources["content"] = Broken()
+        e.sources["trending"] = Slow()
+        t = time.perf_counter()
+        res = e.candidates(Request(user_id=warm_user(world[1]), k=50, now=e.now_default))
+        took = time.perf_counter() - t
+        assert set(res.degraded) == {"content", "trending"}
+        assert len(res.item_ids) == 50  # the others and the popular fallback fill the list
+        assert took < 0.45  # the late source was not waited for (its deadline is 30 ms)
+    finally:
+        e.close()
+
+
+def test_similar_items(world, engine):
+    _, ds = world
+    res = engine.similar(ds.items.id(5), 10)
+    assert 0 < len(res.item_ids) <= 10 and ds.items.id(5) not in res.item_ids
+    with pytest.raises(UnknownIdError):
+        engine.similar("no-such-item", 10)
+
+
+def test_k_must_be_positive(engine):
+    with pytest.raises(CandgenError, match="k must be"):
+        engine.candidates(Request(user_id="u1", k=0))
+
+
+def test_recommend_cli_writes_json_lines(world, tmp_path, capsys):
+    root, ds = world
+    users = tmp_path / "users.txt"
+    users.write_text(f"{warm_user(ds)}\n\nnew-user-x\n")
+    out = tmp_path / "c.jsonl"
+    with pytest.raises(SystemExit) as e:
+        main(["recommend", str(root / "art"), "--users", str(users), "--k", "25", "--out", str(out), "--explain", "-q"])
+    assert e.value.code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["user_id"] for r in rows] == [warm_user(ds), "new-user-x"]
+    for r in rows:
+        assert len(r["candidates"]) == 25
+        assert all(c["sources"] and "explain" in c and isinstance(c["score"], float) for c in r["candidates"])
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--k", "0", "--user", "u1"], ["--k", "0"]),
+        (["--k", "20001", "--user", "u1"], ["--k"]),
+        ([], ["--user"]),
+        (["--users", "MISSING"], ["no such file"]),
+        (["--users", "EMPTY"], ["no user ids"]),
+        (["--user", "u1", "--now", "yesterday-ish"], ["--now", "yesterday-ish"]),
+    ],
+)
+def test_recommend_cli_errors(world, tmp_path, capsys, args, words):
+    (tmp_path / "EMPTY").write_text("\n\n")
+    args = [a.replace("MISSING", str(tmp_path / "missing")).replace("EMPTY", str(tmp_path / "EMPTY")) for a in args]
+    with pytest.raises(SystemExit) as e:
+        main(["recommend", str(world[0] / "art"), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+
+
+def test_recommend_on_a_directory_without_artifacts(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["recommend", str(tmp_path), "--user", "u1"])
+    assert e.value.code == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_until_keeps_only_the_past(world):
+    _, ds = world
+    cut = int(np.quantile(ds.interactions.timestamp, 0.5))
+    part = restrict_until(ds, cut)
+    assert len(part.interactions) < len(ds.interactions) and part.interactions.timestamp.max() < cut
+    assert part.n_items == ds.n_items
+    with pytest.raises(CandgenError, match="no interactions before"):
+        restrict_until(ds, int(ds.interactions.timestamp.min()))
+
+
+def test_train_refuses_to_overwrite_a_foreign_directory(world, tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(CandgenError, match="refusing to overwrite"):
+        train_artifacts(world[1], tmp_path, config=tiny_config())
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
