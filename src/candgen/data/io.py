@@ -103,9 +103,13 @@ def read_tables(path: str | Path, *, progress: Progress = NO_PROGRESS) -> dict[s
 def load_dataset(path: str | Path, *, progress: Progress = NO_PROGRESS) -> Dataset:
     """Read, validate and index a dataset directory (DESIGN §2) into a `Dataset` with dense ids."""
     frames = read_tables(path, progress=progress)
-    return Dataset.from_frames(
+    progress.task("index ids", total=1)
+    ds = Dataset.from_frames(
         frames["interactions"], items=frames.get("items"), users=frames.get("users"), social=frames.get("social")
     )
+    progress.advance("index ids")
+    progress.done("index ids")
+    return ds
 
 
 def validate_dataset(path: str | Path, *, progress: Progress = NO_PROGRESS) -> DatasetSummary:
