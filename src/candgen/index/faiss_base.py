@@ -9,7 +9,8 @@ Exclusion: tombstones and a single query's `exclude` become a FAISS `IDSelector`
 search parameters (filtered inside the search, so k results still come back); a batch with
 per-query excludes over-fetches by the largest exclude and filters in numpy, because FAISS search
 parameters are per call, not per query. Any row still short of `min(k, available)` (an ANN probe
-that reached too few live vectors) is searched again exhaustively, so the count is guaranteed.
+that reached too few live vectors) is searched again with a widened probe (IVF: 4x nprobe per
+step up to nlist; HNSW: a scan of its flat storage), so the count is guaranteed.
 
 Threads: FAISS parallelises with OpenMP. `search` calls `faiss.omp_set_num_threads` right before
 the FAISS call: 1 thread for a single query (2 threads make one query 3-6x slower on a busy
@@ -84,7 +85,11 @@ class FaissIndex(VectorIndex):
     def _new_faiss_index(self) -> Any:
         raise NotImplementedError
 
-    def _search_parameters(self, sel: Any, exhaustive: bool = False) -> Any:
+    # how many widening steps `_faiss_search(widen=...)` has before it is exhaustive
+    def _max_widen(self) -> int:
+        return 1
+
+    def _search_parameters(self, sel: Any, widen: int = 0) -> Any:
         """FAISS SearchParameters carrying this backend's search settings and the selector."""
         return faiss_params(sel=sel)
 
@@ -100,11 +105,12 @@ class FaissIndex(VectorIndex):
     def _faiss_remove(self, slots: np.ndarray) -> None:
         self._index.remove_ids(faiss.IDSelectorBatch(slots))
 
-    def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, exhaustive: bool = False) -> tuple[Any, Any]:
-        """(scores, slots) of the top k; IVF-PQ overrides it to re-rank."""
-        if sel is None and not exhaustive:
+    def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, widen: int = 0) -> tuple[Any, Any]:
+        """(scores, slots) of the top k; `widen` > 0 probes more (rows that came back short).
+        IVF-PQ overrides it to re-rank, HNSW to scan its storage when widened."""
+        if sel is None and not widen:
             return self._index.search(queries, k)
-        return self._index.search(queries, k, params=self._search_parameters(sel, exhaustive))
+        return self._index.search(queries, k, params=self._search_parameters(sel, widen))
 
     def _reconstruct_slots(self, slots: np.ndarray) -> np.ndarray:
         return np.asarray(self._index.reconstruct_batch(slots), dtype=np.float32)
@@ -259,6 +265,12 @@ class FaissIndex(VectorIndex):
             faiss.omp_set_num_threads(self.threads)
             self._compact()
 
+    def ids(self) -> np.ndarray:
+        """The live item ids, sorted. Thread-safe: shared lock."""
+        with self._lock.read():
+            ext = self._ext[: self._n_slots]
+            return np.sort(ext[ext >= 0])
+
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of item ids, (n, dim) float32; KeyError-like ValueError on an absent id.
         Thread-safe: shared lock, runs concurrently with searches."""
@@ -336,7 +348,10 @@ class FaissIndex(VectorIndex):
             got = ids[i][row][:k]
             if len(got) < want[i]:
                 sel = self._exclude_selector(ex_slots[i], base_sel) if ex_slots is not None else base_sel
-                s, sl = self._faiss_search(q[i : i + 1], int(want[i]), sel, exhaustive=True)
+                for widen in range(1, self._max_widen() + 1):
+                    s, sl = self._faiss_search(q[i : i + 1], int(want[i]), sel, widen=widen)
+                    if (np.asarray(sl) >= 0).sum() >= want[i]:
+                        break
                 sl = np.asarray(sl[0])
                 keep = sl >= 0
                 got, sc = self._ext[sl[keep]], np.asarray(s[0], dtype=np.float32)[keep]

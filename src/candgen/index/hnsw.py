@@ -58,7 +58,7 @@ class HNSWIndex(FaissIndex):
     def _after_copy(self) -> None:
         self._index.hnsw.efSearch = self.ef_search
 
-    def _search_parameters(self, sel: Any, exhaustive: bool = False) -> Any:
+    def _search_parameters(self, sel: Any, widen: int = 0) -> Any:
         return faiss_params("HNSW", sel=sel, efSearch=self.ef_search)
 
     def _faiss_add(self, vectors: np.ndarray, slots: np.ndarray) -> None:
@@ -68,8 +68,8 @@ class HNSWIndex(FaissIndex):
     def _faiss_remove(self, slots: np.ndarray) -> None:  # pragma: no cover - appends_only tombstones
         raise NotImplementedError("HNSW tombstones instead of deleting")
 
-    def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, exhaustive: bool = False) -> tuple[Any, Any]:
-        if exhaustive:
+    def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, widen: int = 0) -> tuple[Any, Any]:
+        if widen:
             # the graph walk reached too few live vectors (heavy filtering): scan the flat storage,
             # whose row i is HNSW label i, so selectors over slots apply unchanged
             storage = faiss.downcast_index(self._index.storage)

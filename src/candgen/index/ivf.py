@@ -87,8 +87,15 @@ class IVFIndex(FaissIndex):
     def _after_copy(self) -> None:
         self._index.nprobe = self.nprobe
 
-    def _search_parameters(self, sel: Any, exhaustive: bool = False) -> Any:
-        return faiss_params("IVF", sel=sel, nprobe=self.nlist if exhaustive else self.nprobe)
+    def _max_widen(self) -> int:
+        # nprobe * 4**widen reaches nlist after this many steps
+        return max(1, math.ceil(math.log(max(self.nlist / max(self.nprobe, 1), 1.0), 4)))
+
+    def _search_parameters(self, sel: Any, widen: int = 0) -> Any:
+        nprobe = self.nprobe if not widen else min(self.nlist, self.nprobe * 4**widen)
+        if widen >= self._max_widen():
+            nprobe = self.nlist
+        return faiss_params("IVF", sel=sel, nprobe=nprobe)
 
     def _faiss_remove(self, slots: np.ndarray) -> None:
         # the hash-table direct map only accepts an explicit id array
@@ -141,9 +148,9 @@ class IVFPQIndex(IVFIndex):
     def _reconstruct_slots(self, slots: np.ndarray) -> np.ndarray:
         return np.array(self._vectors[slots], dtype=np.float32)
 
-    def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, exhaustive: bool = False) -> tuple[Any, Any]:
+    def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, widen: int = 0) -> tuple[Any, Any]:
         fetch = min(k * self.rerank_factor, max(self._count, k))
-        _, slots = self._index.search(queries, fetch, params=self._search_parameters(sel, exhaustive))
+        _, slots = self._index.search(queries, fetch, params=self._search_parameters(sel, widen))
         valid = slots >= 0
         # exact inner products of the fetched candidates; gather is (nq, fetch, dim)
         exact = np.einsum("qfd,qd->qf", self._vectors[np.maximum(slots, 0)], queries)

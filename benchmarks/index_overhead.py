@@ -1,0 +1,58 @@
+"""Overhead of candgen's `VectorIndex.search` over the raw FAISS call it wraps (goal: <= 10%).
+
+Same index, same single queries (k=1000, 1 OpenMP thread), raw and wrapped calls interleaved query
+by query so machine noise hits both alike; reports medians and their ratio per backend.
+
+    .venv/bin/python benchmarks/index_overhead.py --n 100000 --dim 64 --k 1000 --queries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import faiss
+import numpy as np
+from index_choice import clustered
+
+from candgen.index.registry import open_index
+from candgen.index.tune import perturbed_queries
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--k", type=int, default=1000)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--kinds", default="flat,ivf,hnsw")
+    a = ap.parse_args()
+    x = clustered(a.n, a.dim, clusters=max(50, a.n // 500))
+    q = perturbed_queries(x, a.queries, seed=1)
+    build = {"flat": {}, "ivf": {"nprobe": 64}, "hnsw": {"m": 16, "ef_construction": 100, "ef_search": 1000}}
+    print(f"n={a.n} dim={a.dim} k={a.k} queries={a.queries} (single queries, 1 thread, medians)")
+    print("| backend | raw FAISS ms | candgen ms | overhead | with exclude (10 ids) ms |")
+    print("|---|---:|---:|---:|---:|")
+    for kind in a.kinds.split(","):
+        idx = open_index(kind, a.dim, threads=2, **build[kind])
+        idx.add(x, np.arange(a.n))
+        raw_index = idx._index  # type: ignore[attr-defined]  # the FAISS object the wrapper calls
+        raw, ours, excl = [], [], []
+        faiss.omp_set_num_threads(1)
+        for i in range(a.queries):
+            qi = q[i : i + 1]
+            t = time.perf_counter()
+            raw_index.search(qi, a.k)
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            idx.search(qi, a.k)
+            ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            idx.search(qi, a.k, exclude=[np.arange(i, i + 10)])
+            excl.append(time.perf_counter() - t)
+        r, o, e = (float(np.median(v)) * 1e3 for v in (raw, ours, excl))
+        print(f"| {kind} | {r:.3f} | {o:.3f} | {100 * (o / r - 1):+.1f}% | {e:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
