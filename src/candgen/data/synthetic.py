@@ -374,4 +374,7 @@ def _social(
     # half of the friendships are mutual (two rows)
     mutual = rng.random(len(src)) < 0.5
     src, dst = np.concatenate([src, dst[mutual]]), np.concatenate([dst, src[mutual]])
+    # a pair drawn twice in this chunk is written once (pairs across chunks may still repeat, harmlessly)
+    pairs = np.unique(src.astype(np.int64) * n_users + dst)
+    src, dst = pairs // n_users, pairs % n_users
     return pl.DataFrame({"user_id": _ids("u", src), "friend_id": _ids("u", dst)})
