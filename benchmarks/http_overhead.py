@@ -4,11 +4,12 @@
 
 The engine returns a precomputed list, so the server time (read from the `Server-Timing` header the app
 sets on every answer) is the cost of the HTTP layer itself: parsing, validation, auth, metrics, the
-threadpool hop and JSON serialisation of k candidates. The client time adds loopback and httpx. Rows:
-
-- GET /healthz: uvicorn + FastAPI floor;
-- POST /v1/candidates k=K, engine called in the threadpool (the default) and directly on the event loop;
-- GET /v1/candidates/{user}?k=10; POST /v1/events with a batch of 100 events.
+threadpool hop and JSON serialisation of k candidates. "server CPU/req" is the CPU time the server
+process spent per request (all threads, from /proc, so it includes uvicorn's HTTP parsing and is not
+inflated by waiting for a core on a busy machine). The client time adds loopback and httpx. Rows:
+GET /healthz (the uvicorn + FastAPI floor), POST /v1/candidates with k=K and k=10, GET
+/v1/candidates/{user}?k=10, POST /v1/events with 100 events; once with the engine called in the
+threadpool (the default) and once directly on the event loop.
 
 Then a concurrency check: an engine that takes 2 ms and releases the GIL (as FAISS does), 8 clients in
 parallel, threadpool vs direct call: throughput and the p99 of /healthz probes sent meanwhile.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -42,14 +44,25 @@ class ConstEngine:
         self.result = CandidatesResult(
             item_ids=ids, scores=np.linspace(1.0, 0.1, k, dtype=np.float32), sources=[srcs[j % 3] for j in range(k)],
             model_version="bench", timings={"collaborative": 0.001, "blend": 0.0002},
+            source_counts={"collaborative": k // 3, "content": k // 3, "trending": 2 * k // 3, "social": 0},
             quality={"diversity": 0.7},
         )
+        self.by_k: dict[int, Any] = {}
         self.work_s = work_ms / 1000.0
 
     def candidates(self, req: Any) -> Any:
+        from candgen.serve.protocol import CandidatesResult
+
         if self.work_s:
             time.sleep(self.work_s)
-        return self.result
+        if req.k >= len(self.result.item_ids):
+            return self.result
+        if req.k not in self.by_k:
+            r = self.result
+            self.by_k[req.k] = CandidatesResult(
+                item_ids=r.item_ids[: req.k], scores=r.scores[: req.k], sources=r.sources[: req.k],
+                model_version="bench", timings=r.timings, source_counts=r.source_counts, quality=r.quality)
+        return self.by_k[req.k]
 
     def similar(self, item_id: str, k: int) -> Any:
         return self.result
@@ -103,9 +116,20 @@ def start_server(k: int, threadpool: bool, work_ms: float = 0.0) -> tuple[subpro
     raise RuntimeError("server did not start")
 
 
-def measure(c: httpx.Client, method: str, path: str, body: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(c: httpx.Client, pid: int, method: str, path: str, body: Any, n: int) -> str:
+    """One table row: server time (Server-Timing), server CPU per request, client round trip."""
     server, client = [], []
+    cpu0 = 0.0
     for i in range(n + n // 10):  # the first tenth warms up
+        if i == n // 10:
+            cpu0 = cpu_seconds(pid)
         t0 = time.perf_counter()
         r = c.request(method, path, json=body)
         dt = time.perf_counter() - t0
@@ -114,12 +138,14 @@ def measure(c: httpx.Client, method: str, path: str, body: Any, n: int) -> tuple
         if i >= n // 10:
             client.append(dt * 1000.0)
             server.append(float(r.headers["server-timing"].partition(";dur=")[2]))
-    return np.array(server), np.array(client)
-
-
-def row(name: str, server: np.ndarray, client: np.ndarray) -> str:
+    cpu_ms = (cpu_seconds(pid) - cpu0) * 1000.0 / n
     p = np.percentile
-    return (f"| {name} | {p(server, 50):.3f} | {p(server, 99):.3f} | {p(client, 50):.3f} | {p(client, 99):.3f} |")
+    return (f"| {method} {path.split('?')[0]}{'' if body is None else ' ' + _short(body)} | {p(server, 50):.3f} "
+            f"| {p(server, 99):.3f} | {cpu_ms:.3f} | {p(client, 50):.3f} | {p(client, 99):.3f} |")
+
+
+def _short(body: Any) -> str:
+    return f"({len(body['events'])} events)" if "events" in body else f"k={body.get('k')}"
 
 
 async def concurrent(url: str, clients: int, per_client: int) -> tuple[float, float]:
@@ -164,21 +190,21 @@ def main() -> None:
 
     n, k = a.requests, a.k
     events = {"events": [{"user_id": f"u{j}", "item_id": f"i{j}", "event": "click"} for j in range(100)]}
-    print(f"HTTP overhead, 1 uvicorn worker on loopback, keep-alive httpx client, {n} requests per row (ms)\n")
-    print("| request | server p50 | server p99 | client p50 | client p99 |")
-    print("|---|---|---|---|---|")
+    print(f"HTTP overhead, 1 uvicorn worker on loopback, keep-alive httpx client, {n} requests per row (ms); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     for threadpool in (True, False):
+        print(f"engine called {'in the threadpool' if threadpool else 'directly on the event loop'}:")
+        print("| request | server p50 | server p99 | server CPU/req | client p50 | client p99 |")
+        print("|---|---|---|---|---|---|")
         proc, url = start_server(k, threadpool)
         try:
             with httpx.Client(base_url=url) as c:
-                how = "threadpool" if threadpool else "direct"
-                if threadpool:
-                    print(row("GET /healthz", *measure(c, "GET", "/healthz", None, n)))
-                print(row(f"POST /v1/candidates k={k} ({how})",
-                          *measure(c, "POST", "/v1/candidates", {"user_id": "u1", "k": k}, n)))
-                if threadpool:
-                    print(row("GET /v1/candidates/u1?k=10", *measure(c, "GET", "/v1/candidates/u1?k=10", None, n)))
-                    print(row("POST /v1/events (100 events)", *measure(c, "POST", "/v1/events", events, n)))
+                print(measure(c, proc.pid, "GET", "/healthz", None, n))
+                print(measure(c, proc.pid, "POST", "/v1/candidates", {"user_id": "u1", "k": k}, n))
+                print(measure(c, proc.pid, "POST", "/v1/candidates", {"user_id": "u1", "k": 10}, n))
+                print(measure(c, proc.pid, "GET", "/v1/candidates/u1?k=10", None, n))
+                print(measure(c, proc.pid, "POST", "/v1/events", events, n))
+            print()
         finally:
             proc.terminate()
             proc.wait()

@@ -154,3 +154,13 @@ def test_a_failing_stats_does_not_break_metrics(engine: FakeEngine) -> None:
         r = c.get("/metrics")
     assert r.status_code == 200 and "candgen_http_request_duration_seconds" in r.text
     assert "candgen_index_size" not in _metric_lines(r.text)
+
+
+def test_clients_cannot_mint_metric_labels(client: TestClient) -> None:
+    for path in ("/a/1", "/b/2", "/v1/items/x/y/z"):
+        client.request("BREW", path)
+        client.get(path)
+    m = _metric_lines(client.get("/metrics").text)
+    endpoints = {k for k in m if k.startswith("candgen_http_request_duration_seconds_count")}
+    assert 'candgen_http_request_duration_seconds_count{endpoint="unrouted",method="other",status="404"}' in endpoints
+    assert not any("/a/1" in k or "BREW" in k for k in endpoints)
