@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ class BruteIndex(VectorIndex):
             ex = exclude[i] if exclude is not None else None
             if ex is not None and len(ex):
                 row = row.copy()
-                row[np.asarray(list(ex), np.int64)] = -np.inf
+                ex_ids = np.asarray(list(ex), np.int64)
+                row[ex_ids[ex_ids < len(row)]] = -np.inf  # ids the index does not hold are ignored
             top = np.argsort(-row)[:k]
             top = top[np.isfinite(row[top])]
             ids[i, : len(top)], out[i, : len(top)] = top, row[top]
@@ -231,6 +233,7 @@ class SourceContract:
                 while not stop.is_set():
                     self.check(src.retrieve(world.ctx(user_id), 30), 30, src.name)
             except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(RuntimeError(traceback.format_exc()))
                 errors.append(e)
 
         def writer(updates: Callable[[int], None]) -> None:

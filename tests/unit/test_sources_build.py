@@ -95,3 +95,22 @@ def test_load_state_errors(tmp_path):
     (tmp_path / "sources.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ArtifactError, match="format 99"):
         load_state(tmp_path)
+
+
+def test_sort_based_set_helpers_match_numpy():
+    from candgen.sources.base import argsort_ints, isin, sum_by_id, union, unique, unique_inverse
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 300_000):
+        x = rng.integers(0, 50_000, n)
+        assert np.array_equal(argsort_ints(x), np.argsort(x, kind="stable"))
+        assert np.array_equal(unique(x), np.unique(x))
+        u, inv = unique_inverse(x)
+        assert np.array_equal(u[inv], x)
+        b = rng.integers(0, 50_000, 1000)
+        assert np.array_equal(isin(x, b), np.isin(x, b))
+        assert np.array_equal(union(x, b), np.union1d(x, b))
+        ids, sums = sum_by_id(x, np.ones(n))
+        assert sums.sum() == n and np.array_equal(ids, np.unique(x))
+    big = np.array([2**62, 1, 2**62])  # too large to pack: falls back to argsort
+    assert argsort_ints(big).tolist() == [1, 0, 2]

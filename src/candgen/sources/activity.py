@@ -24,7 +24,7 @@ import numpy as np
 
 from candgen.config import EventsConfig
 from candgen.data.dataset import EVENT_CODE, Dataset
-from candgen.sources.base import load_parts, save_parts
+from candgen.sources.base import argsort_ints, load_parts, save_parts, union, unique
 
 EARLY_BOOST: tuple[tuple[int, float], ...] = ((10, 5.0), (50, 2.0))  # (engagements below, multiplier)
 _FILE, _META = "activity.npz", "activity.json"
@@ -130,7 +130,7 @@ class RecentActivity:
             if not extra:
                 return base
             more = np.fromiter(extra, np.int64, len(extra))
-        return np.union1d(base, more)
+        return union(base, more)
 
     def blocked_creators(self, user: int) -> np.ndarray:
         with self._lock:
@@ -139,7 +139,7 @@ class RecentActivity:
 
     def exclude(self, user: int) -> np.ndarray:
         """Seen and hidden items: what this user must not get again."""
-        return np.union1d(self.seen(user), self.hidden(user))
+        return union(self.seen(user), self.hidden(user))
 
     # -- writes ---------------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ class RecentActivity:
         w = inter.weights(events)
         pos = w > 0
         u, it, ts, pw = inter.user[pos].astype(np.int64), inter.item[pos], inter.timestamp[pos], w[pos]
-        order = np.argsort(u, kind="stable")  # by user, time ascending within a user (the log is time-sorted)
+        order = argsort_ints(u)  # by user, time ascending within a user (the log is time-sorted; stable)
         u, it, ts, pw = u[order], it[order], ts[order], pw[order]
         counts = np.bincount(u, minlength=n_users)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -198,7 +198,8 @@ class RecentActivity:
         hw = pw * early_weights(rank, boost)
         keep = rank >= counts[u] - capacity
         ku, kr = u[keep], rank[keep]
-        newest_first = np.lexsort((-kr, ku))
+        span = int(kr.max()) + 1 if len(kr) else 1
+        newest_first = argsort_ints(ku * span + (span - 1 - kr))  # by user, then rank descending
         hist_ptr, _ = _csr(ku, ku, n_users)
         neg = inter.negative_mask(events)
         engaged = pos | neg
@@ -265,7 +266,7 @@ class RecentActivity:
 
 def _pairs(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user, item) pairs as CSR over users, items sorted within a row."""
-    key = np.unique(users.astype(np.int64) * n_items + items.astype(np.int64))
+    key = unique(users.astype(np.int64) * n_items + items.astype(np.int64))
     return _csr(key // n_items, key % n_items, n_users)
 
 

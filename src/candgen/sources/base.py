@@ -94,7 +94,7 @@ def top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best (id, score) pairs, scores descending; ids in `exclude` dropped. `ids` must be distinct."""
     if exclude is not None and len(exclude) and len(ids):
-        keep = ~np.isin(ids, exclude)
+        keep = ~isin(ids, exclude)
         ids, scores = ids[keep], scores[keep]
     if k <= 0 or not len(ids):
         return ids[:0], scores[:0]
@@ -105,11 +105,87 @@ def top_k(
     return ids[order], scores[order]
 
 
+def unique(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. Sort-based on purpose: numpy 2.4's hash-based `np.unique` takes ~30 s on 5M int64
+    keys here, where a sort takes 0.2 s."""
+    s = np.sort(x)
+    if len(s) < 2:
+        return s
+    keep = np.empty(len(s), bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def sort_ints(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys sorted, the stable order that sorts them) for non-negative integer keys: each key is packed with its
+    row number into one int64 and the packed array is sorted by value, 5-10x faster than
+    `np.argsort(kind="stable")` on millions of rows. Falls back to argsort when the keys are too large to pack."""
+    n = len(keys)
+    if n < 2:
+        return keys.astype(np.int64), np.arange(n, dtype=np.int64)
+    bits = int(n - 1).bit_length()
+    if int(keys.min()) < 0 or int(keys.max()).bit_length() + bits > 62:
+        order = np.argsort(keys, kind="stable")
+        return keys[order].astype(np.int64), order
+    packed = (keys.astype(np.int64) << bits) | np.arange(n, dtype=np.int64)
+    packed.sort()
+    return packed >> bits, packed & ((1 << bits) - 1)
+
+
+def argsort_ints(keys: np.ndarray) -> np.ndarray:
+    """The stable order that sorts non-negative integer keys (see `sort_ints`)."""
+    return sort_ints(keys)[1]
+
+
+def group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct non-negative integer keys (sorted) and the sum of `values` per key, by one packed sort."""
+    if not len(keys):
+        return keys.astype(np.int64), values.astype(np.float64)
+    sk, order = sort_ints(keys)
+    starts = np.flatnonzero(np.concatenate([[True], sk[1:] != sk[:-1]]))
+    return sk[starts], np.add.reduceat(values[order].astype(np.float64), starts)
+
+
+def unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, index of each element of x in them), sort-based like `unique`."""
+    order = argsort_ints(x) if x.dtype.kind in "iu" else np.argsort(x, kind="stable")
+    s = x[order]
+    first = np.empty(len(s), bool)
+    first[:1] = True
+    np.not_equal(s[1:], s[:-1], out=first[1:])
+    inv = np.empty(len(x), np.int64)
+    inv[order] = np.cumsum(first) - 1
+    return s[first], inv
+
+
+def isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mask of the elements of `a` found in `b` (binary search in sorted b; faster than np.isin here)."""
+    if not len(a) or not len(b):
+        return np.zeros(len(a), bool)
+    sb = np.sort(b)
+    if len(a) > 100_000 and a.dtype.kind in "iu":
+        # searching sorted queries walks sb in order (cache-friendly); 5-10x faster on millions of rows
+        order = argsort_ints(a)
+        sa = a[order]
+        pos = np.minimum(np.searchsorted(sb, sa), len(sb) - 1)
+        out = np.empty(len(a), bool)
+        out[order] = sb[pos] == sa
+        return out
+    pos = np.minimum(np.searchsorted(sb, a), len(sb) - 1)
+    return sb[pos] == a
+
+
+def union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of both arrays (int64)."""
+    return unique(np.concatenate([a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)]))
+
+
 def sum_by_id(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ids and the summed weight of each (vectorised group-by)."""
     if not len(ids):
         return ids.astype(np.int64), weights.astype(np.float64)
-    uniq, inv = np.unique(ids, return_inverse=True)
+    uniq, inv = unique_inverse(ids)
     return uniq.astype(np.int64, copy=False), np.bincount(inv, weights=weights, minlength=len(uniq))
 
 

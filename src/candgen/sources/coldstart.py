@@ -22,7 +22,7 @@ import numpy as np
 from candgen.config import EventsConfig
 from candgen.data.dataset import Dataset
 from candgen.errors import ArtifactError
-from candgen.sources.base import CandidateSource, UserContext, sum_by_id, thread_rng, top_k
+from candgen.sources.base import CandidateSource, UserContext, isin, sum_by_id, thread_rng, top_k, union
 from candgen.sources.catalog import Catalog
 from candgen.sources.content import TagIndex
 from candgen.sources.trending import TrendingCounter, segment_key
@@ -80,7 +80,7 @@ class SegmentPopularity:
             if need <= 0:
                 break
             c = self.counter.top(need + len(taken), key, now=now)
-            keep = ~np.isin(c.ids, taken)
+            keep = ~isin(c.ids, taken)
             got, sc = c.ids[keep][:need], c.scores[keep][:need].astype(np.float64)
             if not len(got):
                 continue
@@ -184,8 +184,8 @@ class ColdStartSource(CandidateSource):
             return np.zeros(0, np.int64)
         draw = thread_rng(self.seed).integers(0, n_items, size=min(2 * n + len(exclude), 4 * n_items))
         draw = draw[self.catalog.live(draw)]
-        draw = draw[~np.isin(draw, exclude)]
-        _, first = np.unique(draw, return_index=True)
+        draw = draw[~isin(draw, exclude)]
+        _, first = np.unique(draw, return_index=True)  # first occurrences keep the random order
         return draw[np.sort(first)][:n].astype(np.int64)
 
     def retrieve(self, ctx: UserContext, k: int) -> Candidates:
@@ -197,7 +197,7 @@ class ColdStartSource(CandidateSource):
         n_rand = int(round(k * self.mix["random"]))
         n_pop = k - len(interests) - n_rand  # unused interest slots go to popular
         attrs = {a: ctx.attribute(a) for a in self.popularity.attributes}
-        pop = self.popularity.top(n_pop, attrs, now=ctx.now, exclude=np.union1d(exclude, interests))
+        pop = self.popularity.top(n_pop, attrs, now=ctx.now, exclude=union(exclude, interests))
         pop_ids = pop.ids[self.catalog.live(pop.ids)]
         random = self._random_items(k - len(pop_ids) - len(interests),
                                     np.concatenate([exclude, interests, pop_ids]))

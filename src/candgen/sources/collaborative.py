@@ -43,22 +43,30 @@ class UserEncoder(Protocol):
 
 
 def lookup_vectors(lookup: VectorLookup, index: VectorIndex | None, ids: np.ndarray) -> np.ndarray | None:
-    """Vectors of `ids` from an array (rows beyond it come from the index), a function, or the index."""
+    """(len(ids), dim) vectors of `ids` from a function, an array (rows beyond it come from the index), or the
+    index; rows nobody can provide are zero (they then add nothing to a weighted pool)."""
     if not len(ids):
         return None
     if callable(lookup):
         return np.asarray(lookup(ids), np.float32)
-    if isinstance(lookup, np.ndarray) and (ids < len(lookup)).all():
-        return np.asarray(lookup[ids], np.float32)
-    if index is not None:
-        try:
-            return np.asarray(index.reconstruct(ids), np.float32)
-        except (NotImplementedError, KeyError, IndexError, RuntimeError):
-            pass
+    known = np.zeros(len(ids), bool)
+    out: np.ndarray | None = None
     if isinstance(lookup, np.ndarray):
-        known = ids[ids < len(lookup)]
-        return np.asarray(lookup[known], np.float32) if len(known) else None
-    return None
+        known = (ids >= 0) & (ids < len(lookup))
+        out = np.zeros((len(ids), lookup.shape[1]), np.float32)
+        out[known] = lookup[ids[known]]
+        if known.all():
+            return out
+    if index is not None:
+        missing = ids[~known]
+        try:
+            got = np.asarray(index.reconstruct(missing), np.float32)
+        except (NotImplementedError, KeyError, IndexError, RuntimeError, ValueError):
+            return out
+        if out is None:
+            out = np.zeros((len(ids), got.shape[1]), np.float32)
+        out[~known] = got
+    return out
 
 
 class CollaborativeSource(CandidateSource):

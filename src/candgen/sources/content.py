@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 
 from candgen.index.base import VectorIndex
-from candgen.sources.base import CandidateSource, UserContext, load_parts, save_parts, sum_by_id, top_k
+from candgen.sources.base import (
+    CandidateSource,
+    UserContext,
+    argsort_ints,
+    isin,
+    load_parts,
+    save_parts,
+    sum_by_id,
+    top_k,
+    union,
+)
 from candgen.sources.catalog import Catalog
 from candgen.sources.collaborative import VectorLookup, lookup_vectors
 from candgen.types import Candidates
@@ -32,7 +42,9 @@ def _postings(
     """CSR key → items sorted by popularity descending (vectorised)."""
     ok = keys >= 0
     keys, items = keys[ok].astype(np.int64), items[ok].astype(np.int64)
-    order = np.lexsort((-popularity[items], keys))
+    rank = np.empty(len(popularity), np.int64)  # 0 = most popular
+    rank[np.argsort(-popularity, kind="stable")] = np.arange(len(popularity))
+    order = argsort_ints(keys * max(len(popularity), 1) + rank[items])
     ptr = np.zeros(n_keys + 1, np.int64)
     np.cumsum(np.bincount(keys, minlength=n_keys), out=ptr[1:])
     return ptr, items[order]
@@ -77,7 +89,7 @@ class TagIndex:
             if not fresh:
                 return base
             new = np.array(fresh[::-1][:m], np.int64)
-        return np.concatenate([new, base[~np.isin(base, new)]])[:m]
+        return np.concatenate([new, base[~isin(base, new)]])[:m]
 
     def add_item(self, item: int, *, tags: np.ndarray, category: int, creator: int) -> None:
         """Index an item added while serving (codes as in the catalog; -1 = none)."""
@@ -208,7 +220,7 @@ class ContentSource(CandidateSource):
         items, w = self._history(ctx)
         if k <= 0 or (not len(items) and not ctx.interests):
             return Candidates.empty(self.name)
-        exclude = np.union1d(ctx.exclude.astype(np.int64), items)
+        exclude = union(ctx.exclude, items)
         f_ids, f_scores = self._feature_scores(ctx, items, w, m=k // 2 + 50)
         s_ids, s_scores = self._search(self._query_vector(items, w), k, exclude)
         return self._combine(f_ids, f_scores, s_ids, s_scores, k, exclude)

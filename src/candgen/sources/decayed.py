@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from candgen.sources.base import group_sum, isin
+
 _MAX_DIRTY = 4096  # touched items before the next top() rebuilds its cached list (O(n))
 _MAX_EXTRA = 65536  # items outside the sorted arrays before they are merged in
 
@@ -21,22 +23,29 @@ class SparseScores:
     Not thread-safe by itself: the owning counter holds one lock around every call.
     """
 
-    __slots__ = ("ids", "vals", "extra", "_top", "_dirty", "_cache")
+    __slots__ = ("ids", "vals", "extra", "_top", "_top_vals", "_dirty", "_cache", "_dense")
 
     def __init__(self, ids: np.ndarray | None = None, vals: np.ndarray | None = None, cache: int = 2048) -> None:
         self.ids = np.zeros(0, np.int64) if ids is None else ids.astype(np.int64, copy=False)
         self.vals = np.zeros(0, np.float64) if vals is None else vals.astype(np.float64, copy=False)
         self.extra: dict[int, float] = {}
         self._top: np.ndarray | None = None  # cached top-C ids at the last rebuild
+        self._top_vals = np.zeros(0, np.float64)  # their scores then (still exact for items not dirty)
         self._dirty: set[int] = set()
         self._cache = cache
+        self._dense = self._is_dense()
+
+    def _is_dense(self) -> bool:
+        """ids == 0..n-1 (the global counter): an item's position is the item itself, no search needed."""
+        return bool(len(self.ids)) and int(self.ids[-1]) == len(self.ids) - 1 and int(self.ids[0]) == 0
 
     def __len__(self) -> int:
         return len(self.ids) + len(self.extra)
 
     def add(self, item: int, value: float) -> None:
-        pos = int(np.searchsorted(self.ids, item))
-        if pos < len(self.ids) and self.ids[pos] == item:
+        ids = self.ids
+        pos = item if self._dense else int(ids.searchsorted(item))
+        if pos < len(ids) and ids[pos] == item:
             self.vals[pos] += value
         else:
             self.extra[item] = self.extra.get(item, 0.0) + value
@@ -46,7 +55,10 @@ class SparseScores:
     def scores_of(self, items: np.ndarray) -> np.ndarray:
         items = items.astype(np.int64, copy=False)
         out = np.zeros(len(items), np.float64)
-        if len(self.ids):
+        if self._dense:
+            hit = (items >= 0) & (items < len(self.ids))
+            out[hit] = self.vals[items[hit]]
+        elif len(self.ids):
             pos = np.minimum(np.searchsorted(self.ids, items), len(self.ids) - 1)
             hit = self.ids[pos] == items
             out[hit] = self.vals[pos[hit]]
@@ -58,6 +70,7 @@ class SparseScores:
     def scale(self, factor: float) -> None:
         """Multiply every score (forward-decay renormalisation); the order does not change."""
         self.vals *= factor
+        self._top_vals = self._top_vals * factor
         for k in self.extra:
             self.extra[k] *= factor
 
@@ -71,6 +84,7 @@ class SparseScores:
         order = np.argsort(all_ids, kind="stable")
         self.ids, self.vals = all_ids[order], np.concatenate([self.vals, vals])[order]
         self.extra = {}
+        self._dense = self._is_dense()
 
     def _rebuild(self, size: int) -> None:
         if len(self.extra) > _MAX_EXTRA:
@@ -79,8 +93,8 @@ class SparseScores:
         ids, vals = self._all()
         if len(ids) > self._cache:
             part = np.argpartition(-vals, self._cache - 1)[: self._cache]
-            ids = ids[part]
-        self._top = ids
+            ids, vals = ids[part], vals[part]
+        self._top, self._top_vals = ids, vals.copy()
         self._dirty = set()
 
     def _all(self) -> tuple[np.ndarray, np.ndarray]:
@@ -97,16 +111,21 @@ class SparseScores:
         if self._top is None or k > self._cache or len(self._dirty) > _MAX_DIRTY:
             self._rebuild(max(2 * k, self._cache) if k > self._cache else self._cache)
         assert self._top is not None  # set by _rebuild
-        cand = self._top
-        if self._dirty:
+        cand, vals = self._top, self._top_vals
+        if self._dirty:  # touched items get fresh scores; every other cached score is still exact
             dirty = np.fromiter(self._dirty, np.int64, len(self._dirty))
-            cand = np.union1d(cand, dirty)
-        vals = self.scores_of(cand)
+            keep = ~isin(cand, dirty)
+            cand = np.concatenate([cand[keep], dirty])
+            vals = np.concatenate([vals[keep], self.scores_of(dirty)])
         if len(cand) > k:
             part = np.argpartition(-vals, k - 1)[:k]
             cand, vals = cand[part], vals[part]
         order = np.argsort(-vals, kind="stable")
-        return cand[order], vals[order]
+        cand, vals = cand[order], vals[order]
+        if len(vals) and vals[-1] <= 0:  # a dense array holds items nobody engaged with
+            keep = vals > 0
+            cand, vals = cand[keep], vals[keep]
+        return cand, vals
 
     def prune(self, keep: int) -> None:
         """Keep only the `keep` highest-scoring items (bounds the memory of rarely read segments)."""
@@ -115,6 +134,7 @@ class SparseScores:
             part = np.sort(np.argpartition(-self.vals, keep - 1)[:keep])
             self.ids, self.vals = self.ids[part], self.vals[part]
         self._top, self._dirty = None, set()
+        self._dense = self._is_dense()
 
 
 def group_scores(
@@ -122,13 +142,12 @@ def group_scores(
 ) -> dict[int, SparseScores]:
     """Vectorised bulk build: for each group code >= 0, the summed `values` per item as `SparseScores`."""
     ok = (group >= 0) & (values > 0)
-    group, items, values = group[ok].astype(np.int64), items[ok].astype(np.int64), values[ok]
-    if not len(group):
+    if not ok.any():
         return {}
     n_items = int(items.max()) + 1
-    key = group * n_items + items
-    uniq, inv = np.unique(key, return_inverse=True)
-    sums = np.bincount(inv, weights=values, minlength=len(uniq))
+    key = group[ok].astype(np.int64) * n_items
+    key += items[ok]
+    uniq, sums = group_sum(key, values[ok])
     g, it = uniq // n_items, uniq % n_items  # sorted by group, then item
     bounds = np.flatnonzero(np.diff(g)) + 1
     starts = np.concatenate([[0], bounds])

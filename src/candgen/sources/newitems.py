@@ -23,7 +23,7 @@ import numpy as np
 
 from candgen.config import EventsConfig
 from candgen.data.dataset import IMPRESSION_CODE, MISSING_TIME, Dataset
-from candgen.sources.base import CandidateSource, UserContext, load_parts, save_parts, thread_rng
+from candgen.sources.base import CandidateSource, UserContext, isin, load_parts, save_parts, thread_rng
 from candgen.sources.catalog import Catalog
 from candgen.types import Candidates
 
@@ -122,7 +122,7 @@ class NewItemBandit:
         items, created, succ, imp = self.snapshot()
         ok = (now - created <= self.max_age_s) & (imp < self.budget)
         if exclude is not None and len(exclude):
-            ok &= ~np.isin(items, exclude)
+            ok &= ~isin(items, exclude)
         items, succ, imp = items[ok], succ[ok], imp[ok]
         if not len(items) or k <= 0:
             return Candidates.empty("new_items")

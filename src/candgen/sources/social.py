@@ -22,7 +22,7 @@ import numpy as np
 
 from candgen.data.dataset import Dataset
 from candgen.sources.activity import RecentActivity
-from candgen.sources.base import CandidateSource, UserContext, load_parts, save_parts, sum_by_id, top_k
+from candgen.sources.base import CandidateSource, UserContext, isin, load_parts, save_parts, sum_by_id, top_k, unique
 from candgen.sources.catalog import Catalog
 from candgen.types import Candidates
 
@@ -54,9 +54,9 @@ class SocialGraph:
         src, dst = src.astype(np.int64), dst.astype(np.int64)
         ok = src != dst
         n = max(n_users, int(src.max(initial=-1)) + 1, int(dst.max(initial=-1)) + 1)
-        key = np.unique(src[ok] * n + dst[ok])
+        key = unique(src[ok] * n + dst[ok])
         s, d = key // n, key % n
-        mutual = np.isin(d * n + s, key)
+        mutual = isin(d * n + s, key)
         strength = np.where(mutual, np.float32(mutual_strength), np.float32(1.0))
         ptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(s, minlength=n), out=ptr[1:])

@@ -120,7 +120,9 @@ class TrendingCounter:
         `dim=vocab[code]` of each event."""
         hl = half_life_hours * 3600.0
         contrib = weights.astype(np.float64) * np.exp2((timestamps.astype(np.float64) - now) / hl)
-        glob = group_scores(np.zeros(len(items), np.int64), items, contrib).get(0, SparseScores())
+        n = int(items.max()) + 1 if len(items) else 0
+        # the global list is dense (position = item): an event then needs no search at all
+        glob = SparseScores(np.arange(n, dtype=np.int64), np.bincount(items, weights=contrib, minlength=n))
         segments: dict[str, SparseScores] = {}
         for dim, (codes, vocab) in segment_codes.items():
             for code, sc in group_scores(codes, items, contrib, keep=max_items_per_segment).items():
