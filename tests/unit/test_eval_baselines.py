@@ -249,3 +249,14 @@ def test_make_baselines() -> None:
     assert [r.name for r in b.make_baselines(["ease", "popular"])] == ["ease", "popular"]
     with pytest.raises(CandgenError, match="unknown baseline"):
         b.make_baselines(["svd"])
+
+
+def test_top_k_tie_break_never_reorders_distinct_scores() -> None:
+    up = np.nextafter(np.float32(1.0), np.float32(2.0))  # the smallest float32 above 1
+    scores = np.array([[1.0, 1.0, up, 0.0, np.nan, 0.0]], dtype=np.float32)
+    tiebreak = np.array([0.9, 0.1, 0.0, 0.2, 0.99, 0.5])  # item 0 and item 5 are the more popular of their ties
+    ids, vals = b.top_k(scores, 7, tiebreak=tiebreak)
+    assert ids[0].tolist() == [2, 0, 1, 5, 3, -1, -1]  # NaN is never returned
+    assert vals[0][0] == up and np.isneginf(vals[0][-1])
+    excluded = b.top_k(scores, 2, tiebreak=tiebreak, exclude=b.sp.csr_matrix(np.array([[0, 0, 1, 0, 0, 0]])))
+    assert excluded[0][0].tolist() == [0, 1]
