@@ -114,3 +114,14 @@ def test_sort_based_set_helpers_match_numpy():
         assert sums.sum() == n and np.array_equal(ids, np.unique(x))
     big = np.array([2**62, 1, 2**62])  # too large to pack: falls back to argsort
     assert argsort_ints(big).tolist() == [1, 0, 2]
+
+
+def test_splice_rows_replaces_and_extends_rows():
+    from candgen.sources.base import splice_rows
+
+    ptr, vals = np.array([0, 2, 2, 5]), np.array([1, 2, 3, 4, 5])
+    p, v = splice_rows(ptr, vals, 5, {1: np.array([9]), 4: np.array([7, 8])})
+    rows = [v[p[i] : p[i + 1]].tolist() for i in range(5)]
+    assert rows == [[1, 2], [9], [3, 4, 5], [], [7, 8]]
+    p, v = splice_rows(ptr, vals, 3, {})
+    assert p.tolist() == ptr.tolist() and v.tolist() == vals.tolist()

@@ -24,7 +24,7 @@ import numpy as np
 
 from candgen.config import EventsConfig
 from candgen.data.dataset import EVENT_CODE, Dataset
-from candgen.sources.base import argsort_ints, load_parts, save_parts, union, unique
+from candgen.sources.base import argsort_ints, load_parts, save_parts, splice_rows, union, unique
 
 EARLY_BOOST: tuple[tuple[int, float], ...] = ((10, 5.0), (50, 2.0))  # (engagements below, multiplier)
 _FILE, _META = "activity.npz", "activity.json"
@@ -223,30 +223,29 @@ class RecentActivity:
     # -- persistence ----------------------------------------------------------------------------------
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Base arrays with every overlay folded in, and JSON metadata."""
+        """Base arrays with every overlay folded in (cost grows with the users touched since), and metadata."""
         with self._lock:
-            users = sorted(set(self._recent) | set(self._seen_new) | set(self._hidden_new) | set(self._count_new))
-        n_users = max([len(self._h_ptr) - 1, len(self._count), *(u + 1 for u in users)])
-        hist = [self.history(u) for u in range(n_users)]
-        arrays = {
-            "hist_ptr": _ptr([len(h[0]) for h in hist]),
-            "hist_items": _cat([h[0] for h in hist], np.int64),
-            "hist_times": _cat([h[1] for h in hist], np.float64),
-            "hist_weights": _cat([h[2] for h in hist], np.float32),
-        } if users else {
-            "hist_ptr": _pad(self._h_ptr, n_users), "hist_items": self._h_items, "hist_times": self._h_times,
-            "hist_weights": self._h_weights,
-        }
-        for key, fn, ptr, vals in (("seen", self.seen, self._s_ptr, self._s_items),
-                                   ("hidden", self.hidden, self._x_ptr, self._x_items)):
-            if users:
-                rows = [fn(u) for u in range(n_users)]
-                arrays[f"{key}_ptr"], arrays[f"{key}_items"] = _ptr([len(r) for r in rows]), _cat(rows, np.int64)
-            else:
-                arrays[f"{key}_ptr"], arrays[f"{key}_items"] = _pad(ptr, n_users), vals
-        arrays["n_engagements"] = np.array([self.n_engagements(u) for u in range(n_users)], np.int64)
+            ring_users = list(self._recent)
+            seen_users, hidden_users = list(self._seen_new), list(self._hidden_new)
+            touched = set(ring_users) | set(seen_users) | set(hidden_users) | set(self._count_new)
+        n_users = max([len(self._h_ptr) - 1, len(self._count), *(u + 1 for u in touched)])
+        hist = {u: self.history(u) for u in ring_users}
+        arrays: dict[str, np.ndarray] = {}
+        for j, key in enumerate(("hist_items", "hist_times", "hist_weights")):
+            base = (self._h_items, self._h_times, self._h_weights)[j]
+            rows = {u: h[j] for u, h in hist.items()}
+            arrays["hist_ptr"], arrays[key] = splice_rows(self._h_ptr, base, n_users, rows)
+        arrays["seen_ptr"], arrays["seen_items"] = splice_rows(
+            self._s_ptr, self._s_items, n_users, {u: self.seen(u) for u in seen_users})
+        arrays["hidden_ptr"], arrays["hidden_items"] = splice_rows(
+            self._x_ptr, self._x_items, n_users, {u: self.hidden(u) for u in hidden_users})
+        counts = np.zeros(n_users, np.int64)
         with self._lock:
+            counts[: len(self._count)] = self._count
+            for u, c in self._count_new.items():
+                counts[u] = c
             blocked = {str(u): sorted(c) for u, c in self._blocked.items()}
+        arrays["n_engagements"] = counts
         return arrays, {"capacity": self.capacity, "boost": [list(b) for b in self.boost], "blocked": blocked}
 
     @staticmethod
@@ -268,18 +267,3 @@ def _pairs(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> 
     """Distinct (user, item) pairs as CSR over users, items sorted within a row."""
     key = unique(users.astype(np.int64) * n_items + items.astype(np.int64))
     return _csr(key // n_items, key % n_items, n_users)
-
-
-def _ptr(lens: list[int]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(np.array(lens, np.int64))]).astype(np.int64)
-
-
-def _cat(rows: list[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(rows).astype(dtype) if rows else np.zeros(0, dtype)
-
-
-def _pad(ptr: np.ndarray, n_users: int) -> np.ndarray:
-    """A CSR ptr extended with empty rows up to n_users."""
-    if len(ptr) - 1 >= n_users:
-        return ptr
-    return np.concatenate([ptr, np.full(n_users - (len(ptr) - 1), ptr[-1], np.int64)])

@@ -218,3 +218,26 @@ def load_parts(directory: str | Path, name: str) -> tuple[dict[str, np.ndarray],
             return {k: z[k] for k in z.files}, meta
     except (FileNotFoundError, KeyError, ValueError, OSError) as e:
         raise ArtifactError(f"{name} state in {d} is missing or unreadable: {e}") from None
+
+
+def splice_rows(
+    ptr: np.ndarray, values: np.ndarray, n_rows: int, replace: Mapping[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR (ptr, values) with the rows in `replace` swapped for new contents and empty rows added up to
+    `n_rows`: untouched rows are copied as whole slices, so the cost grows with the number of changed rows."""
+    base_rows = len(ptr) - 1
+    lens = np.zeros(n_rows, np.int64)
+    lens[: min(base_rows, n_rows)] = np.diff(ptr)[:n_rows]
+    chunks: list[np.ndarray] = []
+    prev = 0  # first row not yet copied
+    for row in sorted(replace):
+        if prev < row:
+            chunks.append(values[ptr[min(prev, base_rows)] : ptr[min(row, base_rows)]])
+        chunks.append(np.asarray(replace[row], dtype=values.dtype))
+        lens[row] = len(replace[row])
+        prev = row + 1
+    if prev < base_rows:
+        chunks.append(values[ptr[prev] : ptr[base_rows]])
+    out_ptr = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(lens, out=out_ptr[1:])
+    return out_ptr, np.concatenate(chunks) if chunks else values[:0]

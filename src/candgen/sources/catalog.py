@@ -21,6 +21,7 @@ import numpy as np
 
 from candgen.data.dataset import MISSING_TIME, Csr, Dataset, IdMap
 from candgen.errors import ArtifactError
+from candgen.sources.base import splice_rows
 
 _FILE = "catalog.npz"
 _META = "catalog.json"
@@ -124,7 +125,8 @@ class Catalog:
         with self._lock:
             if not self._extra_tags and len(self._base_tags) == self._n:
                 return self._base_tags
-            return Csr.from_lists([self.tags_of(i).tolist() for i in range(self._n)])
+            ptr, idx = splice_rows(self._base_tags.ptr, self._base_tags.idx, self._n, dict(self._extra_tags))
+            return Csr(ptr, idx)
 
     def tag_ids(self, names: Sequence[str]) -> np.ndarray:
         """Ids of known tag names (unknown names are skipped)."""

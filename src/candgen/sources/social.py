@@ -22,7 +22,17 @@ import numpy as np
 
 from candgen.data.dataset import Dataset
 from candgen.sources.activity import RecentActivity
-from candgen.sources.base import CandidateSource, UserContext, isin, load_parts, save_parts, sum_by_id, top_k, unique
+from candgen.sources.base import (
+    CandidateSource,
+    UserContext,
+    isin,
+    load_parts,
+    save_parts,
+    splice_rows,
+    sum_by_id,
+    top_k,
+    unique,
+)
 from candgen.sources.catalog import Catalog
 from candgen.types import Candidates
 
@@ -126,13 +136,10 @@ class SocialGraph:
         with self._lock:
             overlay = {u: dict(r) for u, r in self._overlay.items()}
         n = max([len(self._ptr) - 1, *(u + 1 for u in overlay)])
-        if overlay:
-            rows = [self.friends(u) for u in range(n)]
-            ptr = np.concatenate([[0], np.cumsum([len(r[0]) for r in rows])]).astype(np.int64)
-            friends = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, np.int64)
-            strength = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, np.float32)
-        else:
-            ptr, friends, strength = self._ptr, self._friends, self._strength
+        rows = {u: (np.fromiter(r.keys(), np.int64, len(r)), np.fromiter(r.values(), np.float32, len(r)))
+                for u, r in overlay.items()}
+        ptr, friends = splice_rows(self._ptr, self._friends, n, {u: r[0] for u, r in rows.items()})
+        _, strength = splice_rows(self._ptr, self._strength, n, {u: r[1] for u, r in rows.items()})
         return ({"ptr": ptr, "friends": friends.astype(np.int64), "strength": strength.astype(np.float32)},
                 {"mutual_strength": self.mutual_strength})
 
