@@ -132,7 +132,7 @@ def test_flushed_and_indexed_segment_still_exact_per_row(milvus_uri: str) -> Non
     x = clustered(3000, 16, clusters=20, seed=3)
     ids = np.arange(3000, dtype=np.int64)
     index.add(x, ids)
-    index.flush()
+    index.flush(reload=True)
     res = index.search(x[:20], k=50)  # ef below k is raised to k (Milvus requires ef >= k)
     assert (res.ids[:, 0] == ids[:20]).mean() >= 0.95
     assert (res.ids >= 0).all()

@@ -187,11 +187,14 @@ class MilvusIndex(VectorIndex):
         self._call("delete", self.collection, filter=f"{_ID_FIELD} >= 0")
         self._count("Strong")
 
-    def flush(self, *, wait_s: float = 3600.0) -> None:
+    def flush(self, *, wait_s: float = 3600.0, reload: bool = False) -> None:
         """Seal the rows added so far into segments and wait until the server has indexed them.
 
         Not needed for correctness (new rows are searchable at once, brute force in growing
         segments), but bulk loads should call it once: sealed, indexed segments search faster.
+        The query node picks up the indexed segments in the background; `reload=True` releases and
+        loads the collection so that the very next search uses them (the collection cannot be
+        searched for those few seconds: for bulk loads and benchmarks, not for a live service).
         CandgenError if indexing has not finished after `wait_s` seconds.
         """
         self._call("flush", self.collection)
@@ -200,11 +203,14 @@ class MilvusIndex(VectorIndex):
             info = self._call("describe_index", self.collection, _VECTOR_FIELD)
             if int(info.get("pending_index_rows", 0)) == 0 and \
                     int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
-                return
+                break
             if time.monotonic() > deadline:
                 raise CandgenError(f"Milvus collection {self.collection}: index not built after {wait_s:.0f} s "
                                    f"({info.get('indexed_rows')} of {info.get('total_rows')} rows)")
             time.sleep(0.2)
+        if reload:
+            self._call("release_collection", self.collection)
+            self._call("load_collection", self.collection)
 
     def __len__(self) -> int:
         """Live vectors (a count(*) query on the server, with this index's consistency)."""
