@@ -87,6 +87,7 @@ class SourcesConfig:
                                  "cold_start": 30.0, "new_items": 30.0}
     )
     trending_half_life_hours: float = 6.0
+    popular_half_life_hours: float = 720.0  # segment popularity (cold start): engagement decayed over ~a month
     social_window_hours: float = 72.0
     recent_history: int = 50
     cold_mix: dict[str, float] = field(default_factory=lambda: {"popular": 0.5, "interests": 0.3, "random": 0.2})

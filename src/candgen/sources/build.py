@@ -33,7 +33,6 @@ from candgen.sources.social import SocialGraph, SocialSource
 from candgen.sources.trending import SEGMENT_ATTRIBUTES, TrendingCounter, TrendingSource, segment_key
 
 FORMAT_VERSION = 1
-POPULAR_HALF_LIFE_HOURS = 24.0 * 30  # "popular" = engagement decayed over about a month
 NEGATIVE = {"hide", "dislike", "block"}
 
 
@@ -110,7 +109,8 @@ def build_state(ds: Dataset, *, config: Config, now: float | None = None) -> Sou
     now = _last_time(ds) if now is None else float(now)
     sc, ev = config.sources, config.events
     catalog = Catalog.from_dataset(ds)
-    popularity = SegmentPopularity.from_dataset(ds, events=ev, half_life_hours=POPULAR_HALF_LIFE_HOURS, now=now)
+    popularity = SegmentPopularity.from_dataset(ds, events=ev, half_life_hours=sc.popular_half_life_hours,
+                                               now=now)
     all_time = np.zeros(ds.n_items, np.float64)
     glob = popularity.counter.top(ds.n_items, now=now)  # an O(n) pass once at build time
     all_time[glob.ids] = glob.scores
@@ -139,7 +139,8 @@ def make_sources(
         "trending": TrendingSource(state.trending, state.catalog),
         "social": SocialSource(state.social, state.activity, catalog=state.catalog,
                                window_hours=sc.social_window_hours),
-        "cold_start": ColdStartSource(state.popularity, state.tags, state.catalog, mix=sc.cold_mix),
+        "cold_start": ColdStartSource(state.popularity, state.tags, state.catalog, mix=sc.cold_mix,
+                                      new_user_engagements=sc.new_user_engagements),
         "new_items": NewItemSource(state.bandit, state.catalog),
     }
     if model is not None and index is not None:
