@@ -1,9 +1,9 @@
 """Build every source's online structure from a `Dataset`, route live events to them, save and load them.
 
-    >>> state = build_state(ds, config=cfg, now=t)                       # doctest: +SKIP
-    >>> sources = make_sources(state, config=cfg, model=model, index=index, item_vectors=vectors)
-    >>> state.record_event(user=3, item=42, event="share", t=t + 5, attributes={"country": "US"})
-    >>> save_state(state, "artifacts/sources"); state = load_state("artifacts/sources")
+    state = build_state(ds, config=cfg, now=t)
+    sources = make_sources(state, config=cfg, model=model, index=index, item_vectors=vectors)
+    state.record_event(user=3, item=42, event="share", t=t + 5, attributes={"country": "US"})
+    save_state(state, "artifacts/sources"); state = load_state("artifacts/sources")
 
 `build_sources(ds, ...)` does both steps at once when the caller does not need the state itself.
 """

@@ -7,8 +7,8 @@ three is served from `age_group|country|language`, then `age_group|country`, the
 global list, until k items are found. Popularity is a `TrendingCounter` with a long half-life, so it is
 updated per event like trending.
 
-    >>> pop = SegmentPopularity.from_dataset(ds, events=cfg.events, half_life_hours=720, now=t)  # doctest: +SKIP
-    >>> pop.top(100, {"age_group": "18-24", "country": "BR"}, now=t)
+    pop = SegmentPopularity.from_dataset(ds, events=cfg.events, half_life_hours=720, now=t)
+    pop.top(100, {"age_group": "18-24", "country": "BR"}, now=t)
 """
 
 from __future__ import annotations

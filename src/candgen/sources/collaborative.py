@@ -5,8 +5,8 @@ source never imports the model package. Item vectors of the user's history (the 
 come from `item_vectors_lookup`: an (n_items, dim) array, a function of item ids, or the index's own
 `reconstruct`.
 
-    >>> src = CollaborativeSource(model, index, item_vectors)          # doctest: +SKIP
-    >>> src.retrieve(ctx, k=1000)                                      # Candidates(..., source="collaborative")
+    src = CollaborativeSource(model, index, item_vectors)
+    src.retrieve(ctx, k=1000)                                      # Candidates(..., source="collaborative")
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 (what the user's recent engagements and interests share with other items; item-to-item similarity over
 item embeddings when an index is given), plus `similar_items` for the "similar items" endpoint.
 
-    >>> tags = TagIndex.from_catalog(catalog, popularity)              # doctest: +SKIP
-    >>> src = ContentSource(tags, catalog, index=index, item_vectors=vectors)
-    >>> src.retrieve(ctx, k=300); src.similar_items(42, k=20)
+    tags = TagIndex.from_catalog(catalog, popularity)
+    src = ContentSource(tags, catalog, index=index, item_vectors=vectors)
+    src.retrieve(ctx, k=300); src.similar_items(42, k=20)
 """
 
 from __future__ import annotations
