@@ -88,6 +88,8 @@ def test_oracle_and_empty_recommenders(split: Split) -> None:
     assert ok.metrics["cold"]["recall@1"] == 0.5 and ok.metrics["cold"]["recall@2"] == 1.0
     assert ok.metrics["cold"]["precision@2"] == 1.0 and ok.metrics["warm"]["precision@2"] == 0.5
     assert nothing.metrics["warm"]["hit_rate@2"] == 0.0 and nothing.metrics["cold"]["recall@2"] == 0.0
+    assert ok.stderr["warm"]["recall@1"] == 0.0  # both warm users at 1.0
+    assert np.isnan(ok.stderr["cold"]["recall@1"])  # one cold user: no spread to estimate
     assert ok.beyond["coverage@2"] == pytest.approx(4 / 5)  # c, e, b, d of five items
     # only c1's list has two items: b {x, y} and d {z} share no tag -> distance 1
     assert ok.beyond["diversity@2"] == pytest.approx(1.0) and ok.beyond["novelty@2"] > 0
@@ -116,6 +118,7 @@ def test_report_outputs(split: Split, tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["report.md", "report.json", "recall_at_k.png"]
     md = paths[0].read_text()
     assert "## warm users (2)" in md and "| popular |" in md and "recall@2" in md
+    assert " ±" in md  # recall carries its standard error over users
     assert json.loads(paths[1].read_text())["ks"] == [1, 2]
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     console = Console(record=True, width=250)

@@ -45,6 +45,8 @@ class RecommenderResult:
     fit_seconds: float
     recommend_seconds: float
     notes: list[str] = field(default_factory=list)
+    # cohort -> {"recall@50": standard error of the mean over users, ...}: small cohorts are noisy
+    stderr: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,7 +63,8 @@ class EvalReport:
         return _jsonable({
             "ks": self.ks, "cohort_users": self.cohort_users, "split": self.split, "notes": self.notes,
             "results": [
-                {"name": r.name, "metrics": r.metrics, "beyond": r.beyond, "fit_seconds": round(r.fit_seconds, 3),
+                {"name": r.name, "metrics": r.metrics, "stderr": r.stderr, "beyond": r.beyond,
+                 "fit_seconds": round(r.fit_seconds, 3),
                  "recommend_seconds": round(r.recommend_seconds, 3), "notes": r.notes}
                 for r in self.results
             ],
@@ -87,7 +90,9 @@ class EvalReport:
             for r in self.results:
                 for i, k in enumerate(self.ks):
                     t.add_row(r.name if i == 0 else "", str(k),
-                              *(_fmt(r.metrics[cohort].get(f"{metric}@{k}")) for metric in m.RANKING_METRICS),
+                              *(_fmt(r.metrics[cohort].get(f"{metric}@{k}"),
+                                     r.stderr.get(cohort, {}).get(f"{metric}@{k}") if metric == "recall" else None)
+                                for metric in m.RANKING_METRICS),
                               end_section=i == len(self.ks) - 1)
             tables.append(t)
         k_max = max(self.ks)
@@ -120,7 +125,9 @@ class EvalReport:
         for cohort in COHORTS:
             lines += [f"## {cohort} users ({self.cohort_users.get(cohort, 0):,})", ""]
             lines += _md_table(["recommender", *self.metric_names()],
-                               [[r.name, *(_fmt(r.metrics[cohort].get(n)) for n in self.metric_names())]
+                               [[r.name, *(_fmt(r.metrics[cohort].get(n),
+                                                r.stderr.get(cohort, {}).get(n) if n.startswith("recall") else None)
+                                           for n in self.metric_names())]
                                 for r in self.results])
             lines.append("")
         lines += [f"## beyond accuracy (all test users, k={max(self.ks)})", ""]
@@ -235,10 +242,11 @@ def evaluate(
             ids[start : start + len(batch)] = batch.ids[:, :k_max]
         rec_s = time.perf_counter() - t0
         per_user = m.ranking_metrics_per_user(ids, relevant, ks)
-        offset, by_cohort = 0, {}
+        offset, by_cohort, stderr = 0, {}, {}
         for c in COHORTS:
             n = len(cohorts[c])
             by_cohort[c] = {name: m.mean_over_users(v[offset : offset + n]) for name, v in per_user.items()}
+            stderr[c] = {name: _stderr(v[offset : offset + n]) for name, v in per_user.items()}
             offset += n
         beyond = {}
         if len(users):
@@ -250,7 +258,7 @@ def evaluate(
         notes = []
         if isinstance(rec, EASERecommender) and rec.modelled_items < int((engaged_users > 0).sum()):
             notes.append(f"EASE modelled only the {rec.modelled_items:,} most popular items (max_items)")
-        results.append(RecommenderResult(rec.name, by_cohort, beyond, fit_s, rec_s, notes))
+        results.append(RecommenderResult(rec.name, by_cohort, beyond, fit_s, rec_s, notes, stderr))
         progress.advance("evaluate", 1, recommender=rec.name)
     progress.done("evaluate")
     return EvalReport(
@@ -265,8 +273,18 @@ def evaluate(
     )
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None or np.isnan(v) else f"{v:.4f}"
+def _fmt(v: float | None, stderr: float | None = None) -> str:
+    if v is None or np.isnan(v):
+        return "n/a"
+    if stderr is None or np.isnan(stderr):
+        return f"{v:.4f}"
+    return f"{v:.4f} ±{stderr:.3f}"
+
+
+def _stderr(per_user: np.ndarray) -> float:
+    """Standard error of the mean over users with a defined value; NaN below two users."""
+    v = per_user[~np.isnan(per_user)]
+    return float(v.std(ddof=1) / np.sqrt(v.size)) if v.size >= 2 else float("nan")
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
