@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,10 +33,13 @@ def art(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def serve_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def serve_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     for name in (factory.ART_ENV, factory.STATE_ENV, factory.CONFIG_ENV, factory.ENGINE_ENV):
         monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+    threshold = gc.get_threshold()
+    yield monkeypatch
+    gc.unfreeze()  # the factory tunes the collector for a serving process; give the test process its own back
+    gc.set_threshold(*threshold)
 
 
 def free_port() -> int:
@@ -62,6 +67,7 @@ def test_factory_opens_the_engine_named_in_the_environment(serve_env: pytest.Mon
     with TestClient(factory.make_app()) as c:
         assert wait_ready(c) == {"status": "ready", "model_version": "fake:art:memory://"}
         assert len(c.get("/v1/candidates/a").json()["candidates"]) == 7  # [serve] max_k from the config file
+    assert gc.get_threshold() == factory.GC_THRESHOLD and gc.get_freeze_count() > 0
 
 
 def test_factory_without_art_is_a_clear_error(serve_env: pytest.MonkeyPatch) -> None:

@@ -10,11 +10,13 @@ in environment variables that `serve.runner.run` sets before starting uvicorn:
   (tests and benchmarks point it at a fake engine).
 
 The engine is opened in a background thread after the app starts (see `create_app`), so /healthz
-answers at once and /readyz turns 200 when the artifacts are loaded.
+answers at once and /readyz turns 200 when the artifacts are loaded; then the process's garbage
+collector is tuned for serving (`tune_gc`).
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 from collections.abc import Callable
@@ -31,6 +33,7 @@ STATE_ENV = "CANDGEN_STATE"
 CONFIG_ENV = "CANDGEN_CONFIG"
 ENGINE_ENV = "CANDGEN_ENGINE"
 DEFAULT_ENGINE = "candgen.engine:open_engine"
+GC_THRESHOLD = (10_000, 10, 10)
 
 
 def resolve_opener(spec: str) -> Callable[[str, str | None], Engine]:
@@ -48,6 +51,20 @@ def resolve_opener(spec: str) -> Callable[[str, str | None], Engine]:
     return opener  # type: ignore[no-any-return]
 
 
+def tune_gc() -> None:
+    """Garbage-collector settings for a serving process, applied once the engine is loaded.
+
+    `gc.freeze()` moves everything loaded so far (the engine's maps and tables) out of the collector's
+    reach, so a full collection never walks millions of long-lived objects in the middle of a request
+    (a p99 spike). A higher first threshold (10k allocations instead of 700) stops the ~1000 small dicts
+    of every answer from triggering collections: building a k=1000 answer measured 280 µs CPU with the
+    defaults, 180 µs with this and 160 µs with the collector off.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD[0], GC_THRESHOLD[1], GC_THRESHOLD[2])
+
+
 def make_app() -> FastAPI:
     """Build the app from the environment (called by uvicorn with `factory=True`, once per worker)."""
     art = os.environ.get(ART_ENV)
@@ -59,6 +76,8 @@ def make_app() -> FastAPI:
 
     def open_engine() -> Engine:
         # imported here, in the loading thread: the engine pulls in numpy/FAISS state and may be slow
-        return resolve_opener(spec)(art, state_url)
+        engine = resolve_opener(spec)(art, state_url)
+        tune_gc()
+        return engine
 
     return create_app(open_engine, config=config.serve)
