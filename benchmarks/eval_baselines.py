@@ -4,7 +4,7 @@ time split (cutoff at the 80th percentile of timestamps) and, for more warm user
     .venv/bin/candgen import movielens /work/shared/data/ml-latest-small --out /tmp/ml-small
     .venv/bin/python benchmarks/eval_baselines.py /tmp/ml-small          # about 2 min on a busy 2-core box
 
-Prints markdown tables; the numbers go into notes/eval-baselines.md.
+Prints markdown tables (recall ± its standard error over users); the numbers go into notes/eval-baselines.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def table(title: str, report: EvalReport) -> str:
             n = report.cohort_users[cohort]
             if n == 0:
                 continue
-            vals = " | ".join(f"{r.metrics[cohort][f'recall@{k}']:.4f}" for k in KS)
+            vals = " | ".join(f"{r.metrics[cohort][f'recall@{k}']:.4f} ±{r.stderr[cohort][f'recall@{k}']:.3f}"
+                              for k in KS)
             lines.append(f"| {r.name} | {cohort} ({n}) | {vals} | {r.fit_seconds:.1f} |")
     return "\n".join(lines) + "\n"
 

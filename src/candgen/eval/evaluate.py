@@ -154,26 +154,28 @@ class EvalReport:
         return [md, js, png]
 
     def plot(self, path: Any) -> None:
-        """Recall@k against k, one line per recommender; warm solid, cold dashed."""
+        """Recall@k against k, one line per recommender, one panel per cohort (error bars: standard error)."""
         import matplotlib
 
         matplotlib.use("Agg")  # files only: never needs a display
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, axes = plt.subplots(1, len(COHORTS), figsize=(10, 4.2), sharey=True, squeeze=False)
         try:
-            for i, r in enumerate(self.results):
-                color = f"C{i % 10}"
-                for cohort, style in (("warm", "-"), ("cold", "--")):
+            for ax, cohort in zip(axes[0], COHORTS, strict=True):
+                n = self.cohort_users.get(cohort, 0)
+                for i, r in enumerate(self.results):
                     ys = [r.metrics[cohort].get(f"recall@{k}", float("nan")) for k in self.ks]
-                    if self.cohort_users.get(cohort, 0) and not all(np.isnan(ys)):
-                        ax.plot(self.ks, ys, style, marker="o", color=color, label=f"{r.name} ({cohort})")
-            ax.set_xlabel("k")
-            ax.set_ylabel("recall@k")
-            ax.set_title("recall@k per recommender (warm solid, cold dashed)")
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=8)
+                    err = [r.stderr.get(cohort, {}).get(f"recall@{k}", float("nan")) for k in self.ks]
+                    if n and not all(np.isnan(ys)):
+                        ax.errorbar(self.ks, ys, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                                    color=f"C{i % 10}", label=r.name)
+                ax.set_title(f"{cohort} users ({n:,})")
+                ax.set_xlabel("k")
+                ax.grid(alpha=0.3)
+                if ax.lines:
+                    ax.legend(fontsize=8)
+            axes[0][0].set_ylabel("recall@k")
             fig.tight_layout()
             fig.savefig(path, dpi=110)
         finally:
