@@ -33,4 +33,4 @@ class TestIVFPQIndex(VectorIndexContract):
     tuned_params = {"nprobe": 9, "rerank_factor": 3}
 
     def make(self, dim: int) -> VectorIndex:
-        return IVFPQIndex(dim=dim, nlist=0, nprobe=32, pq_m=4, rerank_factor=8, threads=2)
+        return IVFPQIndex(dim=dim, nlist=0, nprobe=32, pq_m=4, pq_nbits=6, rerank_factor=8, threads=2)

@@ -220,3 +220,18 @@ def test_update_search_params_rewrites_only_metadata(tmp_path):
     update_search_params(path, {"ef_search": 99})
     assert (path / "index.faiss").stat().st_mtime_ns == before
     assert load_index(path).params["ef_search"] == 99
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_mmap_load_maps_the_files_instead_of_reading_them(tmp_path, kind):
+    params = {"ivf": {"nlist": 4}, "ivfpq": {"nlist": 4, "pq_m": 4, "pq_nbits": 4}}.get(kind, {})
+    idx = open_index(kind, 8, **params)
+    idx.add(clustered(300, 8), np.arange(300))
+    idx.save(tmp_path / kind)
+    mapped = load_index(tmp_path / kind, mmap=True)
+    maps = Path("/proc/self/maps").read_text()
+    assert str((tmp_path / kind / "index.faiss").resolve()) in maps
+    if kind == "ivfpq":
+        assert str((tmp_path / kind / "vectors.npy").resolve()) in maps
+    assert np.array_equal(mapped.search(clustered(2, 8, seed=1), k=5).ids, idx.search(clustered(2, 8, seed=1), k=5).ids)
