@@ -17,6 +17,7 @@ from candgen.cli import eval_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import index_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import train_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import recommend_cmds  # noqa: F401, E402  isort: skip
+from candgen.cli import demo  # noqa: F401, E402  isort: skip
 
 
 def main(argv: list[str] | None = None) -> None:
