@@ -1,0 +1,82 @@
+"""The retrieval task: scores of users against sampled candidates, and the losses over them.
+
+Every loss takes the same inputs, so the sampling (in-batch + uniform random + hard negatives) is
+shared and only the objective changes with `ModelConfig.loss`:
+
+- `scores` (B, C): cosine similarity of user b with candidate c;
+- `target` (B,): the column holding user b's positive item;
+- `valid` (B, C): False where a candidate must not count as a negative (accidental hits: the user's
+  own positive appearing in another column; missing hard negatives);
+- `log_q` (B, C) or None: log of the expected number of times each candidate appears in the sampled
+  set, subtracted from the logits (the sampling-probability correction of Yi et al. 2019), so popular
+  items are not over-penalised just for being sampled more often.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MASKED = -1e9  # finite, so a row whose negatives are all masked still has a defined softmax
+
+
+def accidental_hits(positive_ids: torch.Tensor, candidate_ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C) True where candidate c is user b's positive item but not in its target column."""
+    hits = candidate_ids == positive_ids[:, None]
+    hits[torch.arange(len(target)), target] = False
+    return hits
+
+
+def softmax_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, temperature: float,
+                 log_q: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Sampled softmax cross-entropy with temperature, logQ correction and masked accidental hits."""
+    logits = scores / temperature
+    if log_q is not None:
+        logits = logits - log_q
+    logits = logits.masked_fill(~valid, MASKED)
+    loss = F.cross_entropy(logits, target, reduction="none")
+    return _mean(loss, weight)
+
+
+def contrastive_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, margin: float,
+                     weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pairwise contrastive loss (Hadsell et al. 2006) on cosine similarity: pull the positive to 1,
+    push each valid negative below `margin`: (1 - s+)^2 + mean over negatives of relu(s- - margin)^2."""
+    rows = torch.arange(len(target))
+    pos = scores[rows, target]
+    neg_mask = valid.clone()
+    neg_mask[rows, target] = False
+    neg = F.relu(scores - margin).pow(2) * neg_mask
+    n_neg = neg_mask.sum(dim=1).clamp(min=1)
+    loss = (1 - pos).pow(2) + neg.sum(dim=1) / n_neg
+    return _mean(loss, weight)
+
+
+def triplet_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, margin: float,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Triplet margin loss with the hardest valid negative per user: relu(margin - s+ + max s-)."""
+    rows = torch.arange(len(target))
+    pos = scores[rows, target]
+    neg_mask = valid.clone()
+    neg_mask[rows, target] = False
+    hardest = scores.masked_fill(~neg_mask, MASKED).max(dim=1).values
+    loss = F.relu(margin - pos + hardest) * neg_mask.any(dim=1)
+    return _mean(loss, weight)
+
+
+def retrieval_loss(name: str, scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+                   temperature: float, margin: float, log_q: torch.Tensor | None,
+                   weight: torch.Tensor | None) -> torch.Tensor:
+    if name == "softmax":
+        return softmax_loss(scores, target, valid, temperature=temperature, log_q=log_q, weight=weight)
+    if name == "contrastive":
+        return contrastive_loss(scores, target, valid, margin=margin, weight=weight)
+    if name == "triplet":
+        return triplet_loss(scores, target, valid, margin=margin, weight=weight)
+    raise ValueError(f"unknown loss {name!r}; expected softmax, contrastive or triplet")
+
+
+def _mean(loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return loss.mean()
+    return (loss * weight).sum() / weight.sum().clamp(min=1e-12)

@@ -1,0 +1,314 @@
+"""Training of the two-tower model on CPU (PyTorch), ending in the numpy export `TwoTowerModel`.
+
+One training example per positive engagement, weighted by its event weight; the user features of an
+example come from that user's positives strictly before it (sequential, no leakage). Negatives are
+mixed: the other positives of the batch, `random_negatives` uniform catalog items shared by the batch,
+and one hard negative per user (an item they hid, disliked, blocked or rated low) when the data has
+them. The sampled softmax subtracts log(expected count of each candidate in the sampled set)
+= log(B * p_item + M / n_items), which is the logQ correction for this mixture.
+
+Early stopping on recall@`eval_k` of a validation slice (by default the last 10% of the training
+interactions by time; the model is then retrained on all the data for the best number of epochs, so the
+freshest engagements are not lost).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from candgen.config import EventsConfig, ModelConfig
+from candgen.data.dataset import Dataset, Interactions
+from candgen.errors import CandgenError
+from candgen.model.export import TwoTowerModel
+from candgen.model.features import (
+    FeatureSpace,
+    ItemCodes,
+    PositiveLog,
+    age_bucket,
+    history_len_bucket,
+    hour_bucket,
+    negatives_by_user,
+)
+from candgen.model.losses import accidental_hits, retrieval_loss
+from candgen.model.towers import TwoTower
+from candgen.types import NO_PROGRESS, Progress
+
+VALID_FRACTION = 0.1
+LOSSES = ("softmax", "contrastive", "triplet")
+TASK = "two-tower training"
+
+
+def check_config(config: ModelConfig) -> None:
+    """Reject settings that cannot train, with a message naming the field."""
+    problems = []
+    if config.loss not in LOSSES:
+        problems.append(f"model.loss is {config.loss!r}; expected one of {', '.join(LOSSES)}")
+    for name in ("dim", "epochs", "batch_size", "history_len", "id_buckets", "eval_k"):
+        if getattr(config, name) < 1:
+            problems.append(f"model.{name} must be >= 1, got {getattr(config, name)}")
+    if config.batch_size < 2:
+        problems.append("model.batch_size must be >= 2 (in-batch negatives)")
+    if config.temperature <= 0 or config.learning_rate <= 0:
+        problems.append("model.temperature and model.learning_rate must be > 0")
+    if not 0 <= config.id_dropout < 1:
+        problems.append(f"model.id_dropout must be in [0, 1), got {config.id_dropout}")
+    if config.random_negatives < 0 or config.patience < 0 or config.threads < 0:
+        problems.append("model.random_negatives, model.patience and model.threads must be >= 0")
+    if problems:
+        raise CandgenError("; ".join(problems))
+
+
+def split_last(interactions: Interactions, fraction: float = VALID_FRACTION) -> tuple[Interactions, Interactions]:
+    """(earlier, later) parts of a time-sorted log; `later` holds about the last `fraction` of rows by time."""
+    if len(interactions) == 0:
+        return interactions, interactions
+    cutoff = np.quantile(interactions.timestamp, 1 - fraction, method="higher")
+    later = interactions.timestamp >= cutoff
+    if later.all():  # one timestamp: fall back to row order
+        later = np.arange(len(interactions)) >= int(len(interactions) * (1 - fraction))
+    return interactions.take(~later), interactions.take(later)
+
+
+@dataclass
+class TrainReport:
+    epochs_run: int = 0
+    best_epoch: int = 0
+    best_valid_recall: float = float("nan")
+    valid_recalls: list[float] | None = None
+    examples: int = 0
+    examples_per_s: float = 0.0
+    seconds: float = 0.0
+    final_loss: float = float("nan")
+    epoch_losses: list[float] | None = None  # mean training loss of each epoch (of the last fit)
+
+
+class _Trainer:
+    """State of one training run: encoded features, the torch model, optimisers and the history bank."""
+
+    def __init__(self, ds: Dataset, space: FeatureSpace, config: ModelConfig, events: EventsConfig) -> None:
+        self.ds, self.space, self.config, self.events = ds, space, config, events
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.codes = space.encode_catalog(ds)
+        users = np.arange(ds.n_users)
+        self.user_attrs = space.encode_user_attributes(ds, users)
+        self.user_interests = space.encode_user_interests(ds, users)
+        self.model = TwoTower(space, config.dim)
+        sparse_names = {f"{n}.weight" for n, m in self.model.named_modules()
+                        if isinstance(m, torch.nn.Embedding) and m.sparse}
+        sparse = [p for n, p in self.model.named_parameters() if n in sparse_names]
+        dense = [p for n, p in self.model.named_parameters() if n not in sparse_names]
+        self.opt_sparse = torch.optim.SparseAdam(sparse, lr=config.learning_rate) if sparse else None
+        self.opt_dense = torch.optim.AdamW(dense, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.now = int(ds.interactions.timestamp.max()) if len(ds.interactions) else 0
+        self.bank = torch.zeros(ds.n_items, config.dim)
+
+    def _item_tensors(self, items: np.ndarray, now: np.ndarray | int, drop_ids: bool) -> list[torch.Tensor]:
+        c = self.codes.take(items)
+        ids = c.id_bucket
+        if drop_ids and self.config.id_dropout > 0:
+            ids = np.where(self.rng.random(len(ids)) < self.config.id_dropout, 0, ids)
+        return [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in
+                (ids, c.tags, c.category, c.creator, age_bucket(c.created_at, now))]
+
+    def refresh_bank(self) -> None:
+        """Item-tower outputs of the whole catalog: the (gradient-free) history item vectors."""
+        self.model.eval()
+        with torch.no_grad():
+            for s in range(0, self.ds.n_items, 65_536):
+                rows = np.arange(s, min(self.ds.n_items, s + 65_536))
+                self.bank[rows] = self.model.item(*self._item_tensors(rows, self.now, drop_ids=False))
+        self.model.train()
+
+    def step(self, log: PositiveLog, ex: np.ndarray, *, log_q_table: torch.Tensor | None, neg: object,
+             weight_scale: float) -> float:
+        cfg = self.config
+        users, items, ts = log.user[ex], log.item[ex], log.timestamp[ex]
+        hist, hw = log.history(users, log.rank[ex], cfg.history_len, self.space.history_decay)
+        wsum = hw.sum(axis=1, keepdims=True)
+        wn = torch.from_numpy(hw / np.where(wsum > 0, wsum, 1))
+        hist_t = torch.from_numpy(hist)
+        hist_ids = torch.from_numpy(self.codes.id_bucket[hist] * (hw > 0))
+        hist_vec = F.embedding_bag(hist_t, self.bank, mode="sum", per_sample_weights=wn)
+        u = self.model.user(
+            torch.from_numpy(self.user_attrs[users].astype(np.int64)),
+            torch.from_numpy(self.user_interests[users].astype(np.int64)),
+            torch.zeros(len(ex), dtype=torch.int64),
+            torch.from_numpy(hour_bucket(ts).astype(np.int64)),
+            torch.from_numpy(history_len_bucket((hw > 0).sum(axis=1)).astype(np.int64)),
+            hist_ids, hist_vec, wn,
+        )
+        b, m = len(ex), cfg.random_negatives
+        rand = self.rng.integers(0, self.ds.n_items, m) if m else np.zeros(0, np.int64)
+        hard = self._hard_negatives(users, neg) if cfg.hard_negatives else None
+        cand = np.concatenate([items, rand] + ([np.maximum(hard, 0)] if hard is not None else []))
+        cand_now = np.concatenate([ts, np.full(m, int(np.median(ts)))] + ([ts] if hard is not None else []))
+        v = self.model.item(*self._item_tensors(cand, cand_now, drop_ids=True))
+        scores = u @ v[: b + m].T
+        ids = torch.from_numpy(np.concatenate([items, rand]))
+        log_q = log_q_table[ids] if log_q_table is not None else None
+        target = torch.arange(b)
+        valid = ~accidental_hits(torch.from_numpy(items), ids, target)
+        if hard is not None:  # one more column per user: its own hard negative (no logQ: not sampled by popularity)
+            scores = torch.cat([scores, (u * v[b + m:]).sum(dim=1, keepdim=True)], dim=1)
+            valid = torch.cat([valid, torch.from_numpy((hard >= 0) & (hard != items))[:, None]], dim=1)
+            if log_q is not None:
+                log_q = torch.cat([log_q, torch.zeros(1)])
+        weight = torch.from_numpy(log.weight[ex] * weight_scale)
+        loss = retrieval_loss(cfg.loss, scores, target, valid, temperature=cfg.temperature, margin=cfg.margin,
+                              log_q=log_q, weight=weight)
+        for opt in (self.opt_sparse, self.opt_dense):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in (self.opt_sparse, self.opt_dense):
+            if opt is not None:
+                opt.step()
+        return float(loss.detach())
+
+    def _hard_negatives(self, users: np.ndarray, neg: object) -> np.ndarray | None:
+        ptr, idx = neg.ptr, neg.idx  # type: ignore[attr-defined]
+        if len(idx) == 0:
+            return None
+        cnt = ptr[users + 1] - ptr[users]
+        pick = ptr[users] + (self.rng.random(len(users)) * cnt).astype(np.int64)
+        return np.where(cnt > 0, idx[np.minimum(pick, len(idx) - 1)], -1).astype(np.int64)
+
+    def export(self, config: ModelConfig, info: dict[str, object]) -> TwoTowerModel:
+        self.refresh_bank()
+        weights = {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
+        return TwoTowerModel(space=self.space, weights=weights, catalog_vectors=self.bank.numpy().copy(),
+                             catalog_id_bucket=self.codes.id_bucket, config=asdict(config), info=info)
+
+
+def _log_q_table(log: PositiveLog, n_items: int, batch: int, n_random: int) -> torch.Tensor:
+    """log of the expected count of each item in one batch's sampled candidates (in-batch + uniform)."""
+    freq = np.bincount(log.item, weights=None, minlength=n_items).astype(np.float64)
+    p = freq / max(freq.sum(), 1)
+    return torch.from_numpy(np.log(batch * p + n_random / n_items + 1e-12).astype(np.float32))
+
+
+def recall_at_k(model: TwoTowerModel, history: Dataset, future: Interactions, events: EventsConfig,
+                k: int) -> float:
+    """Mean recall@k over users with positive future engagements on items they had not seen in `history`."""
+    w = future.weights(events)
+    fut = future.take(w > 0)
+    seen = set(zip(history.interactions.user.tolist(), history.interactions.item.tolist(), strict=True))
+    truth: dict[int, set[int]] = {}
+    for u, i in zip(fut.user.tolist(), fut.item.tolist(), strict=True):
+        if (u, i) not in seen:
+            truth.setdefault(u, set()).add(i)
+    if not truth:
+        return float("nan")
+    users = np.array(sorted(truth), dtype=np.int64)
+    now = int(future.timestamp.min())
+    rec = model.recommend(history, users, k, events=events, now=now)
+    hits = [len(truth[int(u)].intersection(rec.ids[r].tolist())) / len(truth[int(u)]) for r, u in enumerate(users)]
+    return float(np.mean(hits))
+
+
+def train_two_tower(train: Dataset, *, config: ModelConfig, events: EventsConfig, valid: Interactions | None = None,
+                    progress: Progress = NO_PROGRESS, refit: bool = True) -> TwoTowerModel:
+    """Train both towers on `train` and return the numpy export (its `info["train"]` is a `TrainReport`).
+
+    Without `valid`, the last 10% of `train` by time is held out to choose the number of epochs (early
+    stopping on recall@eval_k); with `refit` the model is then retrained on all of `train` for that many
+    epochs, so the freshest engagements are learnt too. With `valid`, `train` is used whole.
+    """
+    check_config(config)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(default_threads(config))
+    try:
+        refit = refit and valid is None
+        fit_inter, valid_inter = split_last(train.interactions) if valid is None else (train.interactions, valid)
+        space = FeatureSpace.from_dataset(train, id_buckets=config.id_buckets, history_len=config.history_len)
+        total = config.epochs + (config.epochs if refit else 0)
+        model, report = _fit(train.with_interactions(fit_inter), space, config, events, valid=valid_inter,
+                             epochs=config.epochs, progress=progress, total_epochs=total)
+        if refit and len(valid_inter):
+            model, refit_report = _fit(train, space, config, events, valid=None, epochs=report.best_epoch,
+                                       progress=progress, total_epochs=report.epochs_run + report.best_epoch)
+            report.examples += refit_report.examples
+            report.seconds += refit_report.seconds
+            report.examples_per_s = report.examples / max(report.seconds, 1e-9)
+            report.final_loss, report.epoch_losses = refit_report.final_loss, refit_report.epoch_losses
+        progress.done(TASK)
+        model.info["train"] = asdict(report)
+        return model
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def default_threads(config: ModelConfig) -> int:
+    """`config.threads`, or the machine's cores (at most 2 per the design) - but 1 when the machine is already
+    busy: OpenMP threads spin-waiting on an oversubscribed machine make each step many times slower."""
+    if config.threads:
+        return config.threads
+    cores = min(2, os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5
+    except OSError:  # not available on this platform
+        busy = False
+    return 1 if busy else cores
+
+
+def _fit(ds: Dataset, space: FeatureSpace, config: ModelConfig, events: EventsConfig, *, valid: Interactions | None,
+         epochs: int, progress: Progress, total_epochs: int) -> tuple[TwoTowerModel, TrainReport]:
+    """Train a fresh model on `ds` for up to `epochs`; with `valid`, keep the epoch of best recall@eval_k and
+    stop after `patience` epochs without improvement."""
+    trainer = _Trainer(ds, space, config, events)
+    log = PositiveLog.build(ds.interactions, events, ds.n_users)
+    if len(log.item) < 2:
+        raise CandgenError("training data has fewer than 2 positive engagements; nothing to learn from")
+    neg = negatives_by_user(ds.interactions, events, ds.n_users)
+    report = TrainReport(valid_recalls=[], epoch_losses=[])
+    n, bs = len(log.item), min(config.batch_size, len(log.item))
+    steps = n // bs  # drop the ragged last batch: the logQ correction assumes full batches
+    log_q = _log_q_table(log, ds.n_items, bs, config.random_negatives) if config.logq_correction else None
+    scale = float(1.0 / log.weight.mean())
+    refresh_every = max(1, steps // 4)
+    progress.task(TASK, total=total_epochs * steps * bs)
+    best_state, best, stale = None, -1.0, 0
+    t0, loss = time.perf_counter(), float("nan")
+    for epoch in range(epochs):
+        perm = trainer.rng.permutation(n)
+        total_loss = 0.0
+        for s in range(steps):
+            if s % refresh_every == 0:
+                trainer.refresh_bank()
+            loss = trainer.step(log, perm[s * bs:(s + 1) * bs], log_q_table=log_q, neg=neg, weight_scale=scale)
+            total_loss += loss
+            report.examples += bs
+            rate = report.examples / (time.perf_counter() - t0)
+            progress.advance(TASK, bs, epoch=epoch + 1, loss=loss, ex_s=rate)
+        report.epochs_run = epoch + 1
+        report.final_loss = loss
+        report.epoch_losses.append(total_loss / max(steps, 1))  # type: ignore[union-attr]
+        if valid is None:
+            report.best_epoch = epoch + 1
+            continue
+        recall = recall_at_k(trainer.export(config, {}), ds, valid, events, config.eval_k)
+        report.valid_recalls.append(recall)  # type: ignore[union-attr]
+        if math.isnan(recall) or recall > best:
+            best, best_state, stale = recall, copy.deepcopy(trainer.model.state_dict()), 0
+            report.best_epoch, report.best_valid_recall = epoch + 1, recall
+        else:
+            stale += 1
+            if stale > config.patience:
+                break
+    if best_state is not None:
+        trainer.model.load_state_dict(best_state)
+    report.seconds = time.perf_counter() - t0
+    report.examples_per_s = report.examples / max(report.seconds, 1e-9)
+    return trainer.export(config, {}), report
+
+
+__all__ = ["ItemCodes", "TrainReport", "check_config", "recall_at_k", "split_last", "train_two_tower"]

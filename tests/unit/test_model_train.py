@@ -1,0 +1,114 @@
+"""Training of the two-tower model on a tiny planted world: it learns, is deterministic, rejects bad config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_world import planted_world, topic_of_item, topic_of_user
+
+from candgen.config import EventsConfig, ModelConfig
+from candgen.errors import CandgenError
+from candgen.model.train import check_config, split_last, train_two_tower
+from candgen.types import Progress
+
+EVENTS = EventsConfig()
+
+
+def small_config(**kw: object) -> ModelConfig:
+    base: dict[str, object] = dict(dim=16, epochs=6, batch_size=64, random_negatives=16, learning_rate=0.02,
+                                   patience=10, eval_k=10, threads=1, seed=1)
+    base.update(kw)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+class Recorder(Progress):
+    def __init__(self) -> None:
+        self.tasks: list[tuple[str, float | None]] = []
+        self.fields: list[dict[str, object]] = []
+
+    def task(self, name: str, total: float | None = None) -> None:
+        self.tasks.append((name, total))
+
+    def advance(self, name: str, n: float = 1, **fields: object) -> None:
+        self.fields.append(fields)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return planted_world()
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    rec = Recorder()
+    model = train_two_tower(world, config=small_config(), events=EVENTS, progress=rec, refit=False)
+    return model, rec
+
+
+def _topic_precision(model, ds, k=10):
+    users = np.arange(ds.n_users)
+    rec = model.recommend(ds, users, k)
+    hit = topic_of_item(ds)[rec.ids] == topic_of_user(ds)[users][:, None]
+    return float(hit.mean())
+
+
+def test_training_lowers_the_loss_and_learns_the_planted_topics(world, trained):
+    model, rec = trained
+    report = model.info["train"]
+    assert report["epoch_losses"][-1] < report["epoch_losses"][0]
+    assert _topic_precision(model, world) > 0.8  # random would be 0.25
+    assert report["best_epoch"] >= 1 and report["examples"] > 0 and report["examples_per_s"] > 0
+    assert rec.tasks and rec.tasks[0][0] == "two-tower training"
+    assert {"loss", "ex_s", "epoch"} <= set(rec.fields[-1])
+
+
+def test_new_user_with_interests_only_gets_their_topic(world, trained):
+    model, _ = trained
+    vectors = model.item_embeddings(world)
+    u = model.embed_user(attributes={"segment": "s2"}, interests=["t2"], context={}, history_items=np.array([], int),
+                         history_weights=np.array([], np.float32))
+    top = np.argsort(-(vectors @ u))[:10]
+    assert (topic_of_item(world)[top] == 2).mean() >= 0.8
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "triplet"])
+def test_other_losses_train_too(world, loss):
+    model = train_two_tower(world, config=small_config(loss=loss, epochs=4, learning_rate=0.01), events=EVENTS)
+    assert _topic_precision(model, world) > 0.5
+
+
+def test_deterministic_by_seed(world):
+    cfg = small_config(epochs=2, patience=0)
+    a = train_two_tower(world, config=cfg, events=EVENTS)
+    b = train_two_tower(world, config=cfg, events=EVENTS)
+    c = train_two_tower(world, config=small_config(epochs=2, patience=0, seed=2), events=EVENTS)
+    np.testing.assert_array_equal(a.catalog_vectors, b.catalog_vectors)
+    assert a.version == b.version != c.version
+    assert not np.allclose(a.catalog_vectors, c.catalog_vectors)
+
+
+def test_explicit_validation_set_and_no_extras(world):
+    fit, valid = split_last(world.interactions, 0.2)
+    assert len(fit) + len(valid) == len(world.interactions) and fit.timestamp.max() <= valid.timestamp.min()
+    cfg = small_config(epochs=2, hard_negatives=False, random_negatives=0, logq_correction=False, id_dropout=0.0)
+    model = train_two_tower(world.with_interactions(fit), config=cfg, events=EVENTS, valid=valid)
+    assert len(model.info["train"]["valid_recalls"]) == model.info["train"]["epochs_run"]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("loss", "hinge", "model.loss"),
+    ("dim", 0, "model.dim"),
+    ("batch_size", 1, "batch_size"),
+    ("temperature", 0.0, "temperature"),
+    ("id_dropout", 1.0, "id_dropout"),
+    ("random_negatives", -1, "random_negatives"),
+])
+def test_bad_config_is_a_user_error(field, value, message):
+    with pytest.raises(CandgenError, match=message):
+        check_config(small_config(**{field: value}))
+
+
+def test_no_positive_engagements_is_a_user_error(world):
+    only_dislikes = world.interactions.take(world.interactions.event == world.interactions.event.max())
+    with pytest.raises(CandgenError, match="fewer than 2 positive"):
+        train_two_tower(world.with_interactions(only_dislikes), config=small_config(), events=EVENTS)
