@@ -151,6 +151,7 @@ def test_cli_serve_passes_its_options_to_the_runner(serve_env: pytest.MonkeyPatc
 def test_a_real_server_with_two_workers_serves_and_stops_on_sigterm(art: Path) -> None:
     port = free_port()
     env = {**os.environ, factory.ENGINE_ENV: "serve_fakes:open_fake", "CANDGEN_API_KEY": "k",
+           "CANDGEN_SERVE__MAX_BODY_BYTES": "4000",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "candgen.cli.main", "serve", str(art), "--port", str(port), "--workers", "2"],
@@ -171,6 +172,10 @@ def test_a_real_server_with_two_workers_serves_and_stops_on_sigterm(art: Path) -
             r = c.post("/v1/candidates", json={"user_id": "a", "k": 3})
             assert r.status_code == 200 and r.json()["model_version"] == "fake:art:None"
             assert c.post("/v1/events", json={"events": []}).status_code == 401
+            # small sizes: a body far over the limit may still be in flight when the server closes
+            big = c.post("/v1/events", content=b"x" * 5000, headers={"content-type": "application/json"})
+            assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+            assert c.get("/healthz").status_code == 200  # a fresh connection after the 413 closed the old one
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
