@@ -102,3 +102,22 @@ def test_source_skips_excluded_and_deleted(tmp_path):
     assert back.posterior(2) == b.posterior(2) and len(back) == 3 and back.budget == 10
     with pytest.raises(ArtifactError):
         NewItemBandit.load(tmp_path / "missing")
+
+
+def test_large_pools_are_cut_to_the_optimistic_items_before_drawing():
+    b = NewItemBandit(budget=10_000, max_age_hours=48.0)
+    for i in range(5000):
+        b.add_item(i, created_at=0.0)
+        b.record_impression(i, 100)
+    for i in range(10):  # ten items that clearly work
+        b.record_engagement(i, 60)
+    rng = np.random.default_rng(0)
+    got = b.sample(10, now=0.0, rng=rng, max_draws=50)
+    assert len(got) == 10 and set(got.ids.tolist()) == set(range(10))
+    fresh = NewItemBandit(budget=10, max_age_hours=48.0)
+    for i in range(3000):  # identical posteriors: the cut must still be random, not the first ids
+        fresh.add_item(i, created_at=0.0)
+    seen = set()
+    for _ in range(20):
+        seen.update(fresh.sample(5, now=0.0, rng=rng, max_draws=100).ids.tolist())
+    assert max(seen) > 1000
