@@ -71,7 +71,9 @@ def test_default_test_fraction(data_dir: Path, capsys: pytest.CaptureFixture[str
         (["--k", "ten"], "--k"),
         (["--k", "0"], "--k"),
         (["--baselines", "svd"], "unknown baseline"),
-        (["--baselines", ","], "at least one name"),
+        (["--baselines", ","], "expected names"),
+        (["--baselines", "none"], "nothing to evaluate"),
+        (["--train"], "--train needs --artifacts"),
         (["--until", "yesterday"], "--until"),
         (["--until", "99999999999"], "empty test part"),
     ],
@@ -86,3 +88,18 @@ def test_bad_arguments_exit_2(data_dir: Path, capsys: pytest.CaptureFixture[str]
 def test_missing_data_dir_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["evaluate", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_artifacts_must_exist(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["evaluate", str(data_dir), "--quiet", "--artifacts", str(tmp_path / "none")]) == 2
+    assert "not a candgen artifacts directory" in capsys.readouterr().err
+
+
+def test_artifacts_that_saw_the_test_period_are_refused(data_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from candgen.artifacts import Manifest
+
+    Manifest(model_version="m", dataset_fingerprint="f", data_end_time=10**10, config={}).write(tmp_path)
+    assert run(["evaluate", str(data_dir), "--quiet", "--baselines", "none", "--artifacts", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has seen the test period" in err and "--until" in err

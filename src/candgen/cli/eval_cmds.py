@@ -1,15 +1,19 @@
-"""`candgen evaluate`: time-split a dataset, fit the baselines on the past, measure them on the future."""
+"""`candgen evaluate`: time-split a dataset, fit the baselines on the past, measure them on the future;
+with `--artifacts`, candgen's own blend and sources join the same table."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from candgen.cli.app import app, out, progress
 from candgen.cli.options import parse_ks, parse_time
+from candgen.config import Config
 from candgen.errors import CandgenError
+from candgen.types import Progress
 
 DEFAULT_BASELINES = "popular,recent_popular,item_knn,als,ease"
 
@@ -24,8 +28,13 @@ def evaluate(
         None, "--test-fraction", help="test on the last F of the interactions by time (default 0.2)"
     ),
     k: str = typer.Option("50,100,200", "--k", help="cut-offs, comma-separated"),
-    baselines: str = typer.Option(DEFAULT_BASELINES, help="baselines to evaluate, comma-separated"),
-    config: Path | None = typer.Option(None, help="TOML config file (event weights)"),
+    baselines: str = typer.Option(DEFAULT_BASELINES, help="baselines to evaluate, comma-separated, or none"),
+    artifacts: Path | None = typer.Option(
+        None, "--artifacts",
+        help="also evaluate the blend, each source and each ablation of these artifacts (trained before the cutoff)",
+    ),
+    train_first: bool = typer.Option(False, "--train", help="first train --artifacts on the train part of the split"),
+    config: Path | None = typer.Option(None, help="TOML config file (event weights; model settings with --train)"),
     report: Path | None = typer.Option(None, "--report", help="write report.md, report.json and a plot here"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
@@ -37,6 +46,8 @@ def evaluate(
     from candgen.eval.baselines import make_baselines
     from candgen.eval.evaluate import evaluate as run_evaluation
 
+    if train_first and artifacts is None:
+        raise CandgenError("--train needs --artifacts DIR to write the trained artifacts to")
     if until is not None and test_fraction is not None:
         raise CandgenError("give either --until or --test-fraction, not both")
     if test_fraction is not None and not 0.0 < test_fraction < 1.0:
@@ -45,16 +56,29 @@ def evaluate(
     until_ts = parse_time(until, "--until") if until is not None else None
     names = [n.strip() for n in baselines.split(",") if n.strip()]
     if not names:
-        raise CandgenError("--baselines: expected at least one name, e.g. popular,item_knn")
-    recommenders = make_baselines(names)
-    events = load_config(config).events
+        raise CandgenError("--baselines: expected names like popular,item_knn, or none")
+    recommenders = [] if names == ["none"] else make_baselines(names)
+    if not recommenders and artifacts is None:
+        raise CandgenError("nothing to evaluate: --baselines none needs --artifacts")
+    cfg = load_config(config)
     with progress(quiet) as p:
         ds = load_dataset(data, progress=p)
         if until_ts is not None:
             split = time_split(ds, until=until_ts)
         else:
             split = time_split(ds, fraction=1.0 - (0.2 if test_fraction is None else test_fraction))
-        result = run_evaluation(split, recommenders, ks=ks, events=events, progress=p)
+        engine = _open_engine(artifacts, split=split, train_first=train_first, config=cfg, progress=p)
+        try:
+            rows: list[Any] = recommenders
+            if engine is not None:
+                from candgen.eval.funnel import funnel_recommenders
+
+                now = float(split.cutoff if split.cutoff is not None else engine.now_default)
+                rows = [*funnel_recommenders(engine, now=now), *recommenders]
+            result = run_evaluation(split, rows, ks=ks, events=cfg.events, progress=p)
+        finally:
+            if engine is not None:
+                engine.close()
     paths = result.write(report) if report is not None else []
     if as_json:
         d = result.to_dict()
@@ -67,3 +91,23 @@ def evaluate(
         out.print(f"note: {note}")
     if paths:
         out.print(f"wrote {', '.join(str(x) for x in paths)}")
+
+
+def _open_engine(artifacts: Path | None, *, split: Any, train_first: bool, config: Config, progress: Progress) -> Any:
+    """The engine to evaluate (None without --artifacts); refuses artifacts that saw the test period."""
+    if artifacts is None:
+        return None
+    from candgen.artifacts import Manifest
+    from candgen.engine import Engine
+
+    if train_first:
+        from candgen.pipeline import train_artifacts
+
+        train_artifacts(split.train, artifacts, config=config, progress=progress)
+    end = int(Manifest.read(artifacts).data_end_time)
+    if split.cutoff is not None and end >= split.cutoff:
+        raise CandgenError(
+            f"{artifacts} was trained on data up to {end}, at or after the split cutoff {split.cutoff}: it has seen "
+            f"the test period; train with `candgen train --until {split.cutoff}` or use --train"
+        )
+    return Engine.load(artifacts, deadlines=False)
