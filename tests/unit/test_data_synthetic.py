@@ -113,3 +113,18 @@ def test_tiny_world(tmp_path: Path) -> None:
 def test_bad_sizes(tmp_path: Path, kwargs: dict[str, int]) -> None:
     with pytest.raises(CandgenError):
         generate_world(tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_friends_engagements_are_followed(world: tuple[Path, WorldSummary]) -> None:
+    t = tables(world[0])
+    inter = t["interactions"].select("user_id", "item_id", "timestamp")
+
+    def followed(social: pl.DataFrame) -> float:
+        theirs = inter.rename({"user_id": "friend_id", "timestamp": "tf"})
+        j = inter.with_row_index("row").join(social, on="user_id").join(theirs, on=["friend_id", "item_id"])
+        hit = j.filter((pl.col("tf") < pl.col("timestamp")) & (pl.col("tf") >= pl.col("timestamp") - 72 * 3600))
+        return hit["row"].n_unique() / len(inter)
+
+    real = followed(t["social"])
+    shuffled = followed(t["social"].with_columns(pl.col("friend_id").shuffle(seed=2)))
+    assert real > 0.04 and real > 1.5 * shuffled  # 0.36 vs 0.17 at this seed

@@ -3,13 +3,15 @@
 Users and items have mixtures over latent topics; an item's tags and category come from its topics and
 its creator has the item's main topic as home topic; item popularity is Zipf-distributed; friends
 mostly share their main topic (homophily); engagement follows the seed's mix (view 60% / click 25% /
-like 10% / share 5%, plus impressions and a few hides); items keep arriving over the days and are only
+like 10% / share 5%, plus impressions and a few hides); ~8% of engagements copy something a friend
+engaged with in the previous 72 hours (the social source's signal); items keep arriving over the days and are only
 engaged with after their `created_at`; some items go viral for a few hours; ~5% of users are new
 (attributes, interests and friends, no interactions) and ~3% of items are new (no interactions yet).
 Every retrieval source therefore has a real signal and a held-out future can measure recall.
 
-Everything is vectorised numpy; interactions and social edges are generated per chunk of users and
-written with a pyarrow ParquetWriter, so memory stays bounded by the catalog arrays plus one chunk.
+Everything is vectorised numpy. Items and social edges are generated per chunk and written with a pyarrow
+ParquetWriter; interactions are held as int arrays (17 bytes a row: ~350 MB for 20M) until the social
+path is resolved, and turned into strings per chunk when written.
 The same seed gives the same world.
 """
 
@@ -39,8 +41,11 @@ COUNTRY_LANGUAGE = ("en", "en", "de", "fr", "pt", "hi", "ja", "es", "es", "en", 
 EVENTS = ("view", "click", "like", "share", "impression", "hide")
 EVENT_P = (0.549, 0.22875, 0.0915, 0.04575, 0.075, 0.01)
 # share of interactions by how the item was found: user's topic (by popularity), fresh items of the
-# topic, global popularity, a viral burst
-PATH_P = (0.62, 0.18, 0.13, 0.07)
+# topic, global popularity, a viral burst, something a friend engaged with in the last SOCIAL_WINDOW
+PATH_P = (0.57, 0.16, 0.12, 0.07, 0.08)
+SOCIAL_PATH = 4
+SOCIAL_WINDOW = 72 * 3600  # the social source's default window (SourcesConfig.social_window_hours)
+ENGAGED = np.array([e not in ("impression", "hide") for e in EVENTS])
 HOUR_WEIGHTS = np.array([2, 1, 1, 1, 1, 2, 3, 5, 6, 6, 6, 7, 8, 7, 6, 6, 7, 8, 10, 12, 12, 10, 7, 4], float)
 DAY = 86_400
 START = 1_735_689_600  # 2025-01-01T00:00:00Z: a fixed epoch keeps worlds reproducible
@@ -147,20 +152,46 @@ def generate_world(
                  tag_names=tag_names)
     progress.done("users")
 
-    progress.task("interactions", total=users)
-    n_inter, n_edges = 0, 0
     irng, srng = np.random.default_rng(seeds[2]), np.random.default_rng(seeds[3])
     users_by_topic = np.argsort(t1, kind="stable").astype(np.int64)
     topic_user_start = np.searchsorted(t1[users_by_topic], np.arange(n_topics + 1))
-    with _Writer(out / "interactions.parquet") as iw, _Writer(out / "social.parquet") as sw:
+    progress.task("social", total=users)
+    src_parts, dst_parts = [], []
+    with _Writer(out / "social.parquet") as sw:
         for lo in range(0, users, CHUNK_USERS):
             hi = min(users, lo + CHUNK_USERS)
-            n_inter += iw.write(_interactions(irng, cat, lo=lo, counts=counts[lo:hi], t1=t1[lo:hi], t2=t2[lo:hi],
-                                              t3=t3[lo:hi], mix=mix[lo:hi], days=days))
-            n_edges += sw.write(_social(srng, lo=lo, hi=hi, n_users=users, t1=t1,
-                                        users_by_topic=users_by_topic, topic_user_start=topic_user_start))
-            progress.advance("interactions", hi - lo, rows=n_inter)
+            src, dst = _social(srng, lo=lo, hi=hi, n_users=users, t1=t1, users_by_topic=users_by_topic,
+                               topic_user_start=topic_user_start)
+            sw.write(pl.DataFrame({"user_id": _ids("u", src), "friend_id": _ids("u", dst)}))
+            src_parts.append(src.astype(np.int32))
+            dst_parts.append(dst.astype(np.int32))
+            progress.advance("social", hi - lo)
+    progress.done("social")
+    n_edges = sum(len(x) for x in src_parts)
+
+    # interactions are held as int arrays (17 bytes a row) so that the social path can look at what
+    # friends engaged with; strings are only made per chunk when writing
+    progress.task("interactions", total=users)
+    parts = []
+    for lo in range(0, users, CHUNK_USERS):
+        hi = min(users, lo + CHUNK_USERS)
+        parts.append(_interactions(irng, cat, lo=lo, counts=counts[lo:hi], t1=t1[lo:hi], t2=t2[lo:hi],
+                                   t3=t3[lo:hi], mix=mix[lo:hi], days=days))
+        progress.advance("interactions", hi - lo)
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    del parts
+    _follow_friends(irng, rows, src=np.concatenate(src_parts), dst=np.concatenate(dst_parts), n_users=users)
     progress.done("interactions")
+    n_inter = len(rows["user"])
+    with _Writer(out / "interactions.parquet") as iw:
+        for lo in range(0, n_inter, 2_000_000):
+            sl = slice(lo, lo + 2_000_000)
+            iw.write(pl.DataFrame({
+                "user_id": _ids("u", rows["user"][sl]),
+                "item_id": _ids("i", rows["item"][sl]),
+                "timestamp": rows["ts"][sl],
+                "event": np.array(EVENTS)[rows["event"][sl]],
+            }))
     return WorldSummary(
         out_dir=str(out), users=users, items=items, interactions=n_inter, social_edges=n_edges,
         new_users=int(is_new.sum()), new_items=int((cat.weight == 0).sum()), topics=n_topics, creators=n_creators,
@@ -301,7 +332,7 @@ def _write_users(
 def _interactions(
     rng: np.random.Generator, cat: _Catalog, *, lo: int, counts: np.ndarray, t1: np.ndarray, t2: np.ndarray,
     t3: np.ndarray, mix: np.ndarray, days: int,
-) -> pl.DataFrame:
+) -> dict[str, np.ndarray]:
     local = np.repeat(np.arange(len(counts)), counts)
     n = len(local)
     day = rng.integers(0, days, n)
@@ -310,14 +341,15 @@ def _interactions(
     r = rng.random(n)
     w = mix[local]
     topic = np.where(r < w[:, 0], t1[local], np.where(r < w[:, 0] + w[:, 1], t2[local], t3[local])).astype(np.int64)
-    path = rng.choice(4, size=n, p=PATH_P)
+    path = rng.choice(len(PATH_P), size=n, p=PATH_P)
     item = np.full(n, -1, np.int64)
 
-    # 0: the user's topic by popularity among items already created
+    # 0 (and 4, the social path, until _follow_friends finds what a friend engaged with): the user's
+    # topic by popularity among items already created
     tkey = topic * (1 << 40) + (ts - START + (1 << 39))
     t_hi = np.searchsorted(cat.by_topic_key, tkey, side="right")
     t_lo = cat.topic_start[topic]
-    sel = path == 0
+    sel = (path == 0) | (path == SOCIAL_PATH)
     item[sel] = _draw(rng, cat.by_topic, cat.by_topic_cum, t_lo[sel], t_hi[sel])
     # 1: fresh items of the topic (created in the last 3 days)
     sel = path == 1
@@ -334,13 +366,13 @@ def _interactions(
     g_hi = np.searchsorted(cat.by_time_created, ts[sel], side="right")
     item[sel] = _draw(rng, cat.by_time, cat.by_time_cum, np.zeros_like(g_hi), g_hi)
     item[item < 0] = cat.by_time[0]  # an item created before the first day (see _write_items)
-    events = np.array(EVENTS)[rng.choice(len(EVENTS), size=n, p=EVENT_P)]
-    return pl.DataFrame({
-        "user_id": _ids("u", lo + local),
-        "item_id": _ids("i", item),
-        "timestamp": ts.astype(np.int64),
-        "event": events,
-    })
+    return {
+        "user": (lo + local).astype(np.int32),
+        "item": item.astype(np.int32),
+        "ts": ts.astype(np.int64),
+        "event": rng.choice(len(EVENTS), size=n, p=EVENT_P).astype(np.int8),
+        "social": path == SOCIAL_PATH,
+    }
 
 
 def _draw(rng: np.random.Generator, order: np.ndarray, cum: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -357,9 +389,10 @@ def _draw(rng: np.random.Generator, order: np.ndarray, cum: np.ndarray, lo: np.n
 def _social(
     rng: np.random.Generator, *, lo: int, hi: int, n_users: int, t1: np.ndarray, users_by_topic: np.ndarray,
     topic_user_start: np.ndarray,
-) -> pl.DataFrame:
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed friendship edges (src follows dst) of users lo..hi."""
     if n_users < 2:
-        return pl.DataFrame({"user_id": pl.Series([], dtype=pl.String), "friend_id": pl.Series([], dtype=pl.String)})
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     m = hi - lo
     deg = np.clip(np.rint(rng.lognormal(np.log(6.0), 0.8, m)), 1, 200).astype(np.int64)
     src = np.repeat(np.arange(lo, hi), deg)
@@ -376,5 +409,37 @@ def _social(
     src, dst = np.concatenate([src, dst[mutual]]), np.concatenate([dst, src[mutual]])
     # a pair drawn twice in this chunk is written once (pairs across chunks may still repeat, harmlessly)
     pairs = np.unique(src.astype(np.int64) * n_users + dst)
-    src, dst = pairs // n_users, pairs % n_users
-    return pl.DataFrame({"user_id": _ids("u", src), "friend_id": _ids("u", dst)})
+    return pairs // n_users, pairs % n_users
+
+
+def _follow_friends(
+    rng: np.random.Generator, rows: dict[str, np.ndarray], *, src: np.ndarray, dst: np.ndarray, n_users: int
+) -> None:
+    """Social-path rows take an item that a random friend engaged with in the SOCIAL_WINDOW before them.
+
+    Rows whose friends did nothing in that window keep the topic draw they were given. Done on int
+    arrays for all users at once: friends live in any chunk.
+    """
+    social = np.flatnonzero(rows["social"])
+    if len(social) == 0 or len(src) == 0:
+        return
+    order = np.argsort(src, kind="stable")
+    friends = dst[order]
+    fptr = np.zeros(n_users + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n_users), out=fptr[1:])
+    user = rows["user"][social]
+    deg = fptr[user + 1] - fptr[user]
+    has = deg > 0
+    social, user, deg = social[has], user[has], deg[has]
+    friend = friends[fptr[user] + (rng.random(len(user)) * deg).astype(np.int64)].astype(np.int64)
+    # every engagement (not impressions or hides, not social-path rows) keyed by (user, time)
+    src_rows = np.flatnonzero(ENGAGED[rows["event"]] & ~rows["social"])
+    key = rows["user"][src_rows].astype(np.int64) * (1 << 32) + (rows["ts"][src_rows] - START)
+    korder = np.argsort(key, kind="stable")
+    skey = key[korder]
+    t = rows["ts"][social] - START
+    lo = np.searchsorted(skey, friend * (1 << 32) + np.maximum(t - SOCIAL_WINDOW, 0), side="left")
+    hi = np.searchsorted(skey, friend * (1 << 32) + t, side="left")
+    found = hi > lo
+    pick = lo[found] + (rng.random(int(found.sum())) * (hi - lo)[found]).astype(np.int64)
+    rows["item"][social[found]] = rows["item"][src_rows[korder[pick]]]
