@@ -1,26 +1,32 @@
 """The one place that wires a request: user context → sources in parallel (deadlines) → blend → answer.
 
-    >>> engine = Engine.load("art")                                          # doctest: +SKIP
+    >>> engine = Engine.open("art")                                          # doctest: +SKIP
     >>> res = engine.candidates(Request(user_id="u1", k=1000))
-    >>> res.item_ids[:3], res.sources[:3], res.degraded
+    >>> res.item_ids[:3], res.sources[:3], res.degraded, res.cache
 
-Per request: resolve the `UserContext` once (history, attributes, interests, friends, exclusions);
-pick the sources and the mix (warm users: the configured mix, with the A/B variant's mix when an
-experiment runs; new users: the cold-start mix); run every source on a thread pool, each with its
-own deadline inside the request deadline — a late or failing source is dropped and named in
-`degraded`; blend (filters, normalisation, quota or weighted merge with provenance, diversity,
-exploration slots for new items, popular fallback). numpy and FAISS release the GIL, so the sources
-really overlap.
+Per request: catch up with the shared write log (one cheap read: writes made through any worker are
+visible to the next request on every worker); look in the caches (L1 lists, L3 precomputed lists,
+both re-filtered against the user's current exclusions); otherwise resolve the `UserContext` once,
+pick the sources and the mix (the A/B variant's mix, or the cold-start mix for new users), run every
+source on a thread pool with its own deadline inside the request deadline — a late or failing source
+is dropped and named in `degraded` — and blend (filters, normalisation, quota or weighted merge with
+provenance, diversity, exploration slots for new items, popular fallback). numpy and FAISS release
+the GIL, so the sources really overlap.
 
-Thread-safety: `candidates` and `similar` may be called from many threads at once; the structures
-they read lock internally (see `candgen.sources`).
+Writes (`ingest_events`, `add_items`, `delete_item`, `put_user`) are validated, appended to the
+state store's log (durable before they return), applied to this worker's structures and invalidate
+the caches they affect. `reload` swaps a whole new `Runtime` in atomically, replaying the log onto it.
+
+Thread-safety: every public method may be called from many threads at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -29,23 +35,22 @@ from typing import Any
 
 import numpy as np
 
-from candgen.artifacts import Manifest, load_dataset_snapshot
 from candgen.blend.experiments import choose_mix, experiment_from_config
+from candgen.blend.filters import valid_mask
 from candgen.blend.merge import Blended
 from candgen.blend.pipeline import blend
 from candgen.config import Config
-from candgen.data.dataset import Dataset
+from candgen.engine_cache import CachedList, ListCaches
 from candgen.errors import CandgenError, UnknownIdError
-from candgen.index.base import VectorIndex
-from candgen.serve.protocol import CandidatesResult
+from candgen.runtime import Runtime
+from candgen.serve.protocol import CandidatesResult, EventIn, ItemIn, UserProfileIn
 from candgen.sources.base import CandidateSource, UserContext
-from candgen.sources.build import SourceSet, SourceState, load_state, make_sources
 from candgen.types import Candidates, Request
 
 log = logging.getLogger(__name__)
 
-WARM_SOURCES = ("collaborative", "content", "trending", "social")
 FALLBACK_REFRESH_S = 5.0  # the popular fallback list is recomputed at most this often
+FUTURE_SLACK_S = 60.0  # event timestamps further ahead of the engine's clock are clamped to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,51 +63,56 @@ class Plan:
 
 
 class Engine:
-    """Serves candidates from one artifacts directory (model, item vectors, index, source state)."""
+    """Serves candidates from one `Runtime` (artifacts + writes since), optionally shared through a store."""
 
-    def __init__(
-        self, *, config: Config, manifest: Manifest, dataset: Dataset, model: Any, item_vectors: np.ndarray,
-        index: VectorIndex, state: SourceState, sources: SourceSet, art: Path | None = None,
-        deadlines: bool = True,
-    ) -> None:
-        self.config, self.manifest, self.dataset, self.model = config, manifest, dataset, model
-        self.item_vectors, self.index, self.state, self.sources, self.art = item_vectors, index, state, sources, art
-        self.experiment = experiment_from_config(config.blend.experiment, known_sources=list(sources))
+    def __init__(self, runtime: Runtime, *, store: Any | None = None, deadlines: bool = True,
+                 worker_id: str | None = None) -> None:
+        self.rt = runtime
+        self.store = store
         self.deadlines = deadlines  # False for offline work (recommend, evaluate): wait for every source
-        self.now_default = float(manifest.data_end_time)
+        self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._started = time.time()
-        self._pool = ThreadPoolExecutor(max_workers=max(2, len(sources)), thread_name_prefix="candgen-source")
-        self._fallback: tuple[float, Candidates] | None = None
-        self._fallback_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="candgen-source")
+        self._fallback: tuple[float, str, Candidates] | None = None
+        self._lock = threading.Lock()
+        self._cursor: str | None = None
+        self._catchup_lock = threading.Lock()
+        self.state_errors = 0
+        self.caches = ListCaches(store, runtime.config.cache)
+        self._configure(runtime)
+        if store is not None:
+            self._replay(runtime)
 
-    # -- loading -------------------------------------------------------------------------------------
+    def _configure(self, rt: Runtime) -> None:
+        self.experiment = experiment_from_config(rt.config.blend.experiment, known_sources=list(rt.sources))
+
+    # -- opening ---------------------------------------------------------------------------------------
 
     @staticmethod
-    def load(art: str | Path, *, config: Config | None = None, mmap: bool = True, deadlines: bool = True) -> Engine:
-        """Open an artifacts directory written by `candgen train` (memory-mapped vectors and index)."""
-        from candgen.index.registry import load_index
-        from candgen.model.export import TwoTowerModel
+    def open(art: str | Path, *, state_url: str | None = None, config: Config | None = None,
+             deadlines: bool = True, durable: bool = True) -> Engine:
+        """Load artifacts and attach the state store (`None`: the embedded journal beside the artifacts;
+        `durable=False`: no store at all, for offline work)."""
+        rt = Runtime.load(art, config=config)
+        store = None
+        if durable:
+            from candgen.state import open_state
 
-        art = Path(art)
-        manifest = Manifest.read(art)
-        cfg = config if config is not None else Config.from_dict(manifest.config)
-        try:
-            dataset = load_dataset_snapshot(art / "dataset")
-            model = TwoTowerModel.load(art / "model")
-            vectors = np.load(art / "item_embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-            index = load_index(art / "index", mmap=mmap)
-            state = load_state(art / "state")
-        except FileNotFoundError as e:
-            raise CandgenError(f"{art} is incomplete: {e}") from None
-        # items added while serving extend the vectors: keep a growable in-memory copy only when needed
-        sources = make_sources(state, config=cfg, model=model, index=index, item_vectors=vectors)
-        return Engine(config=cfg, manifest=manifest, dataset=dataset, model=model, item_vectors=vectors,
-                      index=index, state=state, sources=sources, art=art, deadlines=deadlines)
+            store = open_state(state_url, art_dir=art)
+        return Engine(rt, store=store, deadlines=deadlines)
+
+    @staticmethod
+    def load(art: str | Path, *, config: Config | None = None, deadlines: bool = True) -> Engine:
+        """Artifacts only, no state store: offline recommend and evaluation."""
+        return Engine.open(art, config=config, deadlines=deadlines, durable=False)
 
     def close(self) -> None:
+        self.caches.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            self.store.close()
 
-    # -- properties the HTTP layer reads -------------------------------------------------------------
+    # -- what the HTTP layer reads ---------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
@@ -110,27 +120,163 @@ class Engine:
 
     @property
     def model_version(self) -> str:
-        return self.manifest.model_version
+        return self.rt.model_version
+
+    # the current runtime's parts (a reload swaps them all at once; a request holds `rt` for its duration)
+    @property
+    def config(self) -> Config:
+        return self.rt.config
+
+    @property
+    def manifest(self) -> Any:
+        return self.rt.manifest
+
+    @property
+    def dataset(self) -> Any:
+        return self.rt.dataset
+
+    @property
+    def state(self) -> Any:
+        return self.rt.state
+
+    @property
+    def sources(self) -> Any:
+        return self.rt.sources
+
+    @property
+    def now_default(self) -> float:
+        return float(self.rt.manifest.data_end_time)
 
     def stats(self) -> dict[str, Any]:
-        return {"index_size": len(self.index), "items": self.state.catalog.n_items, "users": len(self.dataset.users)}
+        rt = self.rt
+        return {"index_size": len(rt.index), "items": rt.state.catalog.n_items, "users": len(rt.dataset.users),
+                "state_errors": self.state_errors, **self.caches.stats()}
 
-    # -- the request path ----------------------------------------------------------------------------
+    def clock(self) -> float:
+        """'now' for requests without one.
 
-    def user_context(self, req: Request, now: float) -> UserContext:
+        Artifacts trained on recent data run on the wall clock. Artifacts whose data ended more than a day
+        before the engine started (a historical data set, a synthetic world) run on a replay clock: the
+        data's end time plus the time elapsed since the engine started, so that windows ("the last 72 h")
+        and decay see the same recent past that the training data ended with."""
+        wall = time.time()
+        if self.now_default < self._started - 86400.0:
+            return self.now_default + (wall - self._started)
+        return max(wall, self.now_default)
+
+    # -- the shared log --------------------------------------------------------------------------------
+
+    def _replay(self, rt: Runtime) -> None:
+        """Apply every record of the log to a fresh runtime (start-up and reload)."""
+        store = self.store
+        if store is None:
+            return
+        cursor = None
+        while True:
+            records, new_cursor = store.read_since(cursor)
+            for r in records:
+                self._apply(rt, r.kind, r.data, own=False)
+            if not records or new_cursor == cursor:
+                break
+            cursor = new_cursor
+        self._cursor = cursor
+
+    def catch_up(self) -> None:
+        """Apply what other workers wrote since our cursor: one cheap read when nothing is new. A failing
+        store is logged and counted; the request is served from what this worker has."""
+        if self.store is None:
+            return
+        with self._catchup_lock:
+            try:
+                records, cursor = self.store.read_since(self._cursor)
+            except CandgenError:
+                self.state_errors += 1
+                return
+            for r in records:
+                if r.origin != self.worker_id:
+                    self._apply(self.rt, r.kind, r.data, own=False)
+            if cursor is not None:
+                self._cursor = cursor
+
+    def _apply(self, rt: Runtime, kind: str, data: dict[str, Any], *, own: bool) -> None:
+        rt.apply(kind, data)
+        self.caches.after_write(rt, kind, data, own=own)
+
+    def _write(self, kind: str, datas: list[dict[str, Any]]) -> None:
+        """Durable first (the store's append), then applied here; other workers catch up from the log."""
+        if self.store is not None:
+            from candgen.state.base import Record
+
+            self.catch_up()
+            self.store.append([Record(kind=kind, data=d, origin=self.worker_id, seq="") for d in datas])
+        rt = self.rt
+        for d in datas:
+            self._apply(rt, kind, d, own=True)
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    def ingest_events(self, events: list[EventIn]) -> int:
+        now = self.clock()
+        rt = self.rt
+        datas = []
+        for e in events:
+            d = {"user_id": e.user_id, "item_id": e.item_id, "event": e.event,
+                 "timestamp": now if e.timestamp is None else min(float(e.timestamp), now + FUTURE_SLACK_S),
+                 "value": e.value}
+            rt.check_event(d)
+            if rt.state.catalog.items.get(e.item_id) < 0:
+                raise UnknownIdError(f"unknown item {e.item_id!r} in an event; add it with POST /v1/items first")
+            datas.append(d)
+        self._write("event", datas)
+        return len(datas)
+
+    def add_items(self, items: list[ItemIn]) -> int:
+        now = self.clock()
+        datas = [{"item_id": i.item_id, "tags": list(i.tags), "category": i.category, "creator_id": i.creator_id,
+                  "title": i.title, "created_at": now if i.created_at is None else float(i.created_at)}
+                 for i in items]
+        self._write("item", datas)
+        return len(datas)
+
+    def delete_item(self, item_id: str) -> None:
+        if self.rt.state.catalog.items.get(item_id) < 0:
+            raise UnknownIdError(f"unknown item {item_id!r}")
+        self._write("delete", [{"item_id": item_id}])
+
+    def put_user(self, user_id: str, profile: UserProfileIn) -> None:
+        self._write("user", [{"user_id": user_id, "attributes": dict(profile.attributes),
+                              "interests": list(profile.interests), "friends": list(profile.friends)}])
+
+    def reload(self, art_path: str | None = None) -> str:
+        """Load new artifacts off the request path, replay the log onto them, swap atomically."""
+        old = self.rt
+        art = art_path or old.art
+        if art is None:
+            raise CandgenError("no artifacts directory to reload from")
+        rt = Runtime.load(art, config=None)
+        if self.store is not None:
+            with self._catchup_lock:
+                self._replay(rt)
+        self._configure(rt)
+        with self._lock:
+            self.rt = rt
+            self._fallback = None
+        self.caches.clear()
+        return rt.model_version
+
+    # -- the request path ------------------------------------------------------------------------------
+
+    def user_context(self, req: Request, now: float, rt: Runtime | None = None) -> UserContext:
         """Everything the sources read about this user, resolved once."""
-        ds, state = self.dataset, self.state
-        u = ds.users.get(req.user_id)
+        rt = rt or self.rt
+        state = rt.state
+        u = rt.user_index(req.user_id)
         ctx = UserContext(user_id=req.user_id, user=u, now=now, context=dict(req.context))
+        ctx.attributes = rt.user_attributes(req.user_id, u)
+        ctx.interests = rt.user_interests(req.user_id, u)
         if u >= 0:
             ctx.history_items, ctx.history_times, ctx.history_weights = state.activity.history(u)
             ctx.n_engagements = state.activity.n_engagements(u)
-            ctx.attributes = {
-                name: col.vocab.id(int(col.codes[u]))
-                for name, col in ds.user_attributes.items() if u < len(col.codes) and col.codes[u] >= 0
-            }
-            if u < len(ds.user_interests):
-                ctx.interests = ds.tags.ids(ds.user_interests.row(u))
             ctx.friends = state.social.friends(u)[0]
             ctx.exclude = state.activity.exclude(u)
         if req.exclude:
@@ -140,36 +286,37 @@ class Engine:
                 ctx.exclude = np.union1d(ctx.exclude, extra)
         return ctx
 
-    def plan(self, ctx: UserContext) -> Plan:
-        cold_src = self.sources.get("cold_start")
+    def plan(self, ctx: UserContext, rt: Runtime) -> Plan:
+        cold_src = rt.sources.get("cold_start")
         cold = bool(cold_src is not None and cold_src.is_new(ctx))  # type: ignore[attr-defined]
         if cold:
-            mix = dict(self.config.sources.cold_user_mix)
-            return Plan({s: w for s, w in mix.items() if s in self.sources and w > 0}, "", True)
-        variant, mix = choose_mix(ctx.user_id, self.experiment, self.config.sources.mix)
-        return Plan({s: w for s, w in mix.items() if s in self.sources and w > 0}, variant, False)
+            mix = dict(rt.config.sources.cold_user_mix)
+            return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, "", True)
+        variant, mix = choose_mix(ctx.user_id, self.experiment, rt.config.sources.mix)
+        return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, variant, False)
 
-    def fallback(self, now: float) -> Candidates:
+    def fallback(self, rt: Runtime, now: float) -> Candidates:
         """Globally popular items (cached a few seconds): what fills a list that the sources left short."""
-        with self._fallback_lock:
-            if self._fallback is None or now - self._fallback[0] > FALLBACK_REFRESH_S or now < self._fallback[0]:
-                n = min(self.config.serve.max_k * 2, self.state.catalog.n_items)
-                top = self.state.popularity.top(n, {}, now=now)
-                self._fallback = (now, Candidates(top.ids, top.scores, "popular"))
-            return self._fallback[1]
+        with self._lock:
+            f = self._fallback
+            if f is None or f[1] != rt.model_version or not (0 <= now - f[0] <= FALLBACK_REFRESH_S):
+                n = min(rt.config.serve.max_k * 2, rt.state.catalog.n_items)
+                top = rt.state.popularity.top(n, {}, now=now)
+                f = self._fallback = (now, rt.model_version, Candidates(top.ids, top.scores, "popular"))
+            return f[2]
 
     def _retrieve(self, source: CandidateSource, ctx: UserContext, k: int) -> tuple[Candidates, float]:
         t = time.perf_counter()
         return source.retrieve(ctx, k), time.perf_counter() - t
 
     def run_sources(
-        self, names: list[str], ctx: UserContext, k: int, t_start: float,
+        self, rt: Runtime, names: list[str], ctx: UserContext, k: int, t_start: float,
     ) -> tuple[list[Candidates], list[str], dict[str, float]]:
         """Every named source in parallel; those that fail or miss their deadline are named in `degraded`."""
-        deadlines = self.config.sources.deadline_ms
-        request_end = t_start + self.config.serve.request_deadline_ms / 1000.0
+        deadlines = rt.config.sources.deadline_ms
+        request_end = t_start + rt.config.serve.request_deadline_ms / 1000.0
         futures: dict[str, Future[tuple[Candidates, float]]] = {
-            n: self._pool.submit(self._retrieve, self.sources[n], ctx, k) for n in names
+            n: self._pool.submit(self._retrieve, rt.sources[n], ctx, k) for n in names
         }
         lists: list[Candidates] = []
         degraded: list[str] = []
@@ -195,82 +342,89 @@ class Engine:
         t0 = time.perf_counter()
         if req.k < 1:
             raise CandgenError(f"k must be >= 1, got {req.k}")
+        self.catch_up()
+        rt = self.rt  # one consistent runtime for the whole request, even if a reload swaps it meanwhile
         now = float(req.now) if req.now is not None else self.clock()
-        ctx = self.user_context(req, now)
-        plan = self.plan(ctx)
+        ctx = self.user_context(req, now, rt)
+        plan = self.plan(ctx, rt)
         t_ctx = time.perf_counter()
+        variant = plan.variant or ("cold" if plan.cold else "default")
+        if not req.explain:
+            hit = self.caches.lookup(rt, req.user_id, req.k, variant)
+            if hit is not None:
+                res = self._from_cache(rt, hit, ctx, req.k)
+                if res is not None:
+                    res.timings = {"context": t_ctx - t0, "cache": time.perf_counter() - t_ctx}
+                    return res
         names = list(plan.mix)
-        explores = self.config.blend.exploration_fraction > 0 and "new_items" in self.sources
-        explore_name = "new_items" if explores else None
-        if explore_name:
-            names.append(explore_name)
+        explores = rt.config.blend.exploration_fraction > 0 and "new_items" in rt.sources
+        if explores:
+            names.append("new_items")
         # each source is asked for k: unused quota of a short source flows to the others
-        lists, degraded, timings = self.run_sources(names, ctx, req.k, t0)
+        lists, degraded, timings = self.run_sources(rt, names, ctx, req.k, t0)
         t_src = time.perf_counter()
-        explore = next((c for c in lists if c.source == explore_name), None) if explore_name else None
-        lists = [c for c in lists if c.source != explore_name]
-        catalog = self.state.catalog
+        explore = next((c for c in lists if c.source == "new_items"), None) if explores else None
+        lists = [c for c in lists if c.source != "new_items"]
+        catalog = rt.state.catalog
         blended = blend(
-            lists, k=req.k, config=self.config.blend, mix=plan.mix, exclude=ctx.exclude,
-            deleted=catalog.is_deleted, blocked_creators=self.state.activity.blocked_creators(ctx.user)
-            if ctx.user >= 0 else None,
+            lists, k=req.k, config=rt.config.blend, mix=plan.mix, exclude=ctx.exclude,
+            deleted=catalog.is_deleted,
+            blocked_creators=rt.state.activity.blocked_creators(ctx.user) if ctx.user >= 0 else None,
             item_creator=catalog.creator, item_category=catalog.category, explore=explore,
-            item_vectors=self.item_vectors if self.config.blend.mmr_lambda > 0 else None,
-            fallback=self.fallback(now),
+            item_vectors=rt.vector_lookup(np.arange(catalog.n_items)) if rt.config.blend.mmr_lambda > 0 else None,
+            fallback=self.fallback(rt, now),
         )
         t_blend = time.perf_counter()
+        res = self._result(rt, blended, explain=req.explain, variant=variant)
+        if not req.explain and not degraded:
+            self.caches.store(rt, req.user_id, req.k, variant, res)
         timings.update(context=t_ctx - t0, sources=t_src - t_ctx, blend=t_blend - t_src)
-        res = self._result(blended, explain=req.explain, variant=plan.variant or ("cold" if plan.cold else "default"))
         res.degraded = degraded
         res.source_counts = {c.source: len(c) for c in lists}
         res.timings = timings
         return res
 
-    def _result(self, blended: Blended, *, explain: bool, variant: str) -> CandidatesResult:
-        ids = self.state.catalog.items.ids(blended.ids)
+    def _from_cache(self, rt: Runtime, hit: CachedList, ctx: UserContext, k: int) -> CandidatesResult | None:
+        """A cached list, re-filtered against what the user saw or hid since and deleted items; None when
+        too little of it is left."""
+        ids = rt.state.catalog.items.lookup(hit.item_ids)
+        ok = valid_mask(ids, exclude=ctx.exclude, deleted=rt.state.catalog.is_deleted)
+        keep = np.flatnonzero(ok)[:k]
+        if len(keep) < min(k, len(hit.item_ids)):
+            return None
+        return CandidatesResult(
+            item_ids=[hit.item_ids[i] for i in keep], scores=hit.scores[keep],
+            sources=[hit.sources[i] for i in keep], variant=hit.variant, model_version=rt.model_version,
+            cache=hit.level,
+        )
+
+    def _result(self, rt: Runtime, blended: Blended, *, explain: bool, variant: str) -> CandidatesResult:
+        ids = rt.state.catalog.items.ids(blended.ids)
         sources = [list(s) for s in blended.source_lists()]
         expl: dict[str, dict[str, float]] | None = None
         if explain:
             expl = {}
             for i, item in enumerate(ids):
-                expl[item] = {
-                    name: float(v[i]) for name, v in blended.source_scores.items() if i < len(v) and not np.isnan(v[i])
-                }
-        return CandidatesResult(
-            item_ids=ids, scores=blended.scores, sources=sources, explain=expl, variant=variant,
-            model_version=self.model_version,
-        )
+                expl[item] = {name: float(v[i]) for name, v in blended.source_scores.items()
+                              if i < len(v) and not np.isnan(v[i])}
+        return CandidatesResult(item_ids=ids, scores=blended.scores, sources=sources, explain=expl,
+                                variant=variant, model_version=rt.model_version)
 
     def similar(self, item_id: str, k: int) -> CandidatesResult:
         """Item-to-item candidates for an item of the catalog."""
-        catalog = self.state.catalog
+        self.catch_up()
+        rt = self.rt
+        catalog = rt.state.catalog
         item = catalog.items.get(item_id)
         if item < 0 or bool(catalog.is_deleted[item]):
             raise UnknownIdError(f"unknown item {item_id!r}")
-        content = self.sources["content"]
-        cands = content.similar_items(item, k)  # type: ignore[attr-defined]
-        keep = ~catalog.is_deleted[cands.ids] & (cands.ids != item)
+        cands = rt.sources["content"].similar_items(item, k)  # type: ignore[attr-defined]
+        keep = catalog.live(cands.ids) & (cands.ids != item)
         ids, scores = cands.ids[keep], cands.scores[keep]
-        return CandidatesResult(
-            item_ids=catalog.items.ids(ids), scores=scores, sources=[["content"]] * len(ids),
-            model_version=self.model_version,
-        )
-
-    def clock(self) -> float:
-        """'now' for requests without one.
-
-        Artifacts trained on recent data run on the wall clock. Artifacts whose data ended more than a day
-        before the engine started (a historical data set, a synthetic world) run on a replay clock: the
-        data's end time plus the time elapsed since the engine started, so that windows ("the last 72 h")
-        and decay see the same recent past that the training data ended with."""
-        wall = time.time()
-        if self.now_default < self._started - 86400.0:
-            return self.now_default + (wall - self._started)
-        return max(wall, self.now_default)
+        return CandidatesResult(item_ids=catalog.items.ids(ids), scores=scores, sources=[["content"]] * len(ids),
+                                model_version=rt.model_version)
 
 
 def open_engine(art: str, state_url: str | None = None) -> Engine:
-    """What `candgen serve` opens in every worker."""
-    if state_url not in (None, "", "memory://"):
-        raise CandgenError(f"state URL {state_url!r} is not supported yet; use the embedded default")
-    return Engine.load(art)
+    """What `candgen serve` opens in every worker: artifacts plus the state store (journal or Redis)."""
+    return Engine.open(art, state_url=state_url)

@@ -11,6 +11,7 @@ import pytest
 from candgen.artifacts import Manifest
 from candgen.cli.main import main
 from candgen.config import Config
+from candgen.data.dataset import IMPRESSION_CODE
 from candgen.data.io import load_dataset
 from candgen.data.synthetic import generate_world
 from candgen.engine import Engine
@@ -67,7 +68,9 @@ def test_warm_user_gets_k_distinct_unseen_candidates_with_provenance(world, engi
     res = engine.candidates(Request(user_id=uid, k=100, now=engine.now_default))
     assert len(res.item_ids) == 100 == len(set(res.item_ids))
     assert all(res.sources[i] for i in range(100))
-    seen = set(ds.items.ids(ds.interactions.item[ds.interactions.user == ds.users.get(uid)]))
+    inter = ds.interactions
+    engaged = (inter.user == ds.users.get(uid)) & (inter.event != IMPRESSION_CODE)  # impressions are not "seen"
+    seen = set(ds.items.ids(inter.item[engaged]))
     assert not seen & set(res.item_ids)
     assert np.all(np.diff(np.asarray(res.scores)) <= 1e-6)
     assert {"collaborative", "content", "trending"} <= {s for ss in res.sources for s in ss}

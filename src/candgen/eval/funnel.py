@@ -55,9 +55,7 @@ class BlendRecommender:
             cfg = copy.deepcopy(engine.config)
             cfg.sources.mix = {s: w for s, w in cfg.sources.mix.items() if s not in without}
             cfg.sources.cold_user_mix = {s: w for s, w in cfg.sources.cold_user_mix.items() if s not in without}
-            engine = Engine(config=cfg, manifest=engine.manifest, dataset=engine.dataset, model=engine.model,
-                            item_vectors=engine.item_vectors, index=engine.index, state=engine.state,
-                            sources=engine.sources, art=engine.art, deadlines=False)
+            engine = Engine(engine.rt.with_config(cfg), deadlines=False)
         self.engine = engine
 
     def recommend(self, users: np.ndarray, k: int) -> BatchCandidates:
