@@ -112,6 +112,8 @@ BAD_CASES = {  # name: (file, text, words the message must contain)
     "bad_timestamp": ("interactions.csv", "user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,yesterday-ish\n",
                       ["interactions", "row 2", "timestamp", "yesterday-ish", "ISO-8601"]),
     "nan_timestamp": ("interactions.csv", "user_id,item_id,timestamp\nu1,i1,nan\n", ["row 1", "timestamp", "nan"]),
+    "millisecond_timestamp": ("interactions.csv", "user_id,item_id,timestamp\nu1,i1,1700000000000\n",
+                              ["row 1", "timestamp", "1700000000000", "milliseconds"]),
     "empty_timestamp": ("interactions.csv", "user_id,item_id,timestamp\nu1,i1,\n", ["row 1", "timestamp"]),
     "empty_user": ("interactions.csv", "user_id,item_id,timestamp\n,i1,1700000000\n",
                    ["interactions", "row 1", "user_id", "non-empty"]),

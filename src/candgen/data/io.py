@@ -13,7 +13,8 @@ Policies worth knowing: `event` defaults to `view` when the column is absent (a 
 is an error); `value` may be empty (absent) but never negative, NaN or infinite; interactions must name
 items of the items table when one is given, while users absent from the users table are accepted (the
 users table often covers only some users); social rows may name users seen nowhere else (they are real
-users, kept as new users).
+users, kept as new users); interaction columns other than user_id, item_id, timestamp, event and value
+are not used and not kept; timestamps above 10^11 are refused as milliseconds.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ REQUIRED = {
 }
 LIST_COLUMNS = {"items": "tags", "users": "interests"}
 TIME_EXPECTED = "unix seconds (integer) or an ISO-8601 date-time"
+MAX_UNIX_SECONDS = 10**11  # the year 5138: larger values are timestamps in finer units
 
 
 @dataclass
@@ -317,6 +319,9 @@ def _parse_time(file: str, s: pl.Series, *, allow_empty: bool) -> pl.Series:
             out = _parse_iso(file, txt, out, todo)
     if not allow_empty and out.is_null().any():
         _raise_first(file, name, TIME_EXPECTED, out.is_null(), s)
+    too_big = (out > MAX_UNIX_SECONDS).fill_null(False)
+    if too_big.any():  # milliseconds or microseconds would silently become the year 50,000
+        _raise_first(file, name, "unix *seconds* (this looks like milliseconds or microseconds)", too_big, s)
     return out.alias(name)
 
 
