@@ -121,6 +121,7 @@ class CacheConfig:
     l3_top_fraction: float = 0.10
     l1_max_entries: int = 100_000
     l2_max_entries: int = 1_000_000
+    l3_max_entries: int = 1_000_000  # embedded caches only (Redis bounds memory with its own maxmemory policy)
 
 
 @dataclass

@@ -1,0 +1,126 @@
+"""Background jobs on the state: the L3 refresher, which precomputes candidate lists for the most active users.
+
+    refresher = L3Refresher(store=store, compute=engine_list_bytes, config=cfg.cache).start()
+    refresher.note_activity("u42")        # the engine, on every request or event of a user
+    ...
+    refresher.stop()
+
+Every `config.l3_refresh_s` seconds the thread takes the most active `l3_top_fraction` of the users noted
+(counts halve after each round, so activity ages out), calls `compute(user_id) -> bytes` for each and
+writes `store.cache("L3")` with a TTL of twice the period, so entries outlive one missed round.
+
+Several workers: activity is counted per worker process. With Redis (shared caches) only the holder of
+the `l3` lease (`StateStore.try_lease`, a `SET NX PX` in Redis) refreshes; its counts are a fair sample
+of everyone's traffic because requests are spread over the workers. With the embedded backends caches
+are per process, so every process refreshes its own (the default lease is always granted).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+
+from candgen.config import CacheConfig
+from candgen.errors import CandgenError
+from candgen.state.base import StateStore
+
+log = logging.getLogger(__name__)
+
+LEASE = "l3"
+
+
+class L3Refresher:
+    """A daemon thread refreshing L3 every `config.l3_refresh_s` seconds; `run_once()` does one round now.
+
+    `note_activity` is thread-safe and O(1). Exceptions raised by `compute` are logged and counted in
+    `errors`, and never stop the thread.
+    """
+
+    def __init__(self, *, store: StateStore, compute: Callable[[str], bytes], config: CacheConfig | None = None,
+                 max_tracked_users: int = 1_000_000) -> None:
+        self.config = config or CacheConfig()
+        if not self.config.l3_refresh_s > 0:
+            raise CandgenError(f"cache.l3_refresh_s must be > 0 seconds, got {self.config.l3_refresh_s}")
+        if not 0 <= self.config.l3_top_fraction <= 1:
+            raise CandgenError(f"cache.l3_top_fraction must be within [0, 1], got {self.config.l3_top_fraction}")
+        self.store, self.compute, self.max_tracked_users = store, compute, max_tracked_users
+        self._activity: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rounds = self.refreshed = self.errors = self.skipped_rounds = 0
+
+    def note_activity(self, user_id: str, weight: float = 1.0) -> None:
+        with self._lock:
+            self._activity[user_id] = self._activity.get(user_id, 0.0) + weight
+
+    def top_users(self) -> list[str]:
+        """The most active `l3_top_fraction` of the users noted, most active first."""
+        with self._lock:
+            items = list(self._activity.items())
+        n = math.ceil(len(items) * self.config.l3_top_fraction)
+        items.sort(key=lambda kv: (-kv[1], kv[0]))
+        return [u for u, _ in items[:n]]
+
+    def _age(self) -> None:
+        # halve every count and forget users whose activity has faded, to bound memory
+        with self._lock:
+            aged = {u: c / 2 for u, c in self._activity.items() if c / 2 >= 0.25}
+            if len(aged) > self.max_tracked_users:
+                keep = sorted(aged.items(), key=lambda kv: -kv[1])[: self.max_tracked_users]
+                aged = dict(keep)
+            self._activity = aged
+
+    def run_once(self) -> int:
+        """One refresh round (if this worker holds the lease); returns how many L3 entries were written."""
+        period = self.config.l3_refresh_s
+        if not self.store.try_lease(LEASE, ttl_s=period * 1.5):
+            self.skipped_rounds += 1
+            return 0
+        cache, ttl = self.store.cache("L3"), 2 * period
+        written = 0
+        for user in self.top_users():
+            if self._stop.is_set():
+                break
+            try:
+                value = self.compute(user)
+                cache.set(user, value, ttl_s=ttl)
+                written += 1
+            except Exception:
+                self.errors += 1
+                log.exception("L3 refresh failed for user %r", user)
+        self._age()
+        self.rounds += 1
+        self.refreshed += written
+        return written
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.l3_refresh_s):
+            try:
+                self.run_once()
+            except Exception:  # a broken store must not end the thread: try again next period
+                self.errors += 1
+                log.exception("L3 refresh round failed")
+
+    def start(self) -> L3Refresher:
+        if self._thread is not None:
+            raise CandgenError("the L3 refresher is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="candgen-l3-refresh", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to stop and wait for it (up to `timeout_s`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            tracked = len(self._activity)
+        return {"rounds": self.rounds, "refreshed": self.refreshed, "errors": self.errors,
+                "skipped_rounds": self.skipped_rounds, "tracked_users": tracked}

@@ -1,0 +1,166 @@
+"""The embedded default: the write log as a SQLite journal file (beside the artifacts unless told otherwise).
+
+Several worker processes (`candgen serve --workers N`) share one file safely: SQLite's WAL mode lets
+readers run while one writer appends, and `BEGIN IMMEDIATE` serialises appends across processes (a
+writer waits up to `busy_timeout` for the lock). Each append commits before it returns, so the very next
+`read_since` of any process sees it: `SELECT ... WHERE seq > ?` on the INTEGER PRIMARY KEY (the rowid
+B-tree, no extra index needed) returns nothing most of the time, in a few microseconds.
+
+Durability: `synchronous=FULL` by default: each commit fsyncs the WAL, so an acknowledged write survives
+kill -9 of the server and a power loss. `sqlite:///path?synchronous=normal` skips that fsync: a commit
+is then in the WAL file in the OS page cache, which survives kill -9 of the process (the OS still writes
+it out) but not a power loss or kernel crash; pick it when the fsync cost per write matters more.
+
+Caches are in-process `LocalCache`s: each worker process has its own L1/L2/L3 (use Redis to share them).
+sqlite3 connections are not shared between threads: each thread gets its own, opened on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, parse_qs
+
+import orjson
+
+from candgen.config import CacheConfig
+from candgen.errors import CandgenError
+from candgen.state.base import Cache, Record, StateStore, StateUnavailable, check_level, check_limit, register, url_path
+from candgen.state.memory import encode, local_caches, parse_int_cursor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused, even after deletes
+    kind TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    data TEXT NOT NULL,                     -- the record's data as JSON
+    at REAL NOT NULL                        -- wall-clock time of the append (for operators)
+)
+"""
+SYNCHRONOUS = ("full", "normal")
+
+
+class SQLiteStore(StateStore):
+    """The log in one SQLite file (WAL mode); one connection per thread; caches per process."""
+
+    def __init__(self, path: str | Path, *, worker_id: str = "sqlite", synchronous: str = "full",
+                 busy_timeout_s: float = 10.0, cache_config: CacheConfig | None = None) -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise CandgenError(f"sqlite synchronous must be one of {', '.join(SYNCHRONOUS)}, got {synchronous!r}")
+        self.path = Path(path)
+        self.url = f"sqlite:///{str(self.path.resolve()).lstrip('/')}"
+        self.worker_id, self.synchronous, self.busy_timeout_s = worker_id, synchronous, busy_timeout_s
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            conn.execute(SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            self.close()
+            raise CandgenError(f"cannot open the state journal {self.path}: {e}") from None
+        self._caches = local_caches(cache_config or CacheConfig())
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise CandgenError(f"state store {self.url} is closed")
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False only so that
+        # close() may close every thread's connection; each is used by its own thread alone.
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        self._local.conn = conn
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def append(self, records: list[Record]) -> list[str]:
+        self._stamp(records)
+        now = time.time()
+        rows = [(r.kind, r.origin, encode(r).decode(), now) for r in records]
+        if not rows:
+            return []
+        conn = self._conn()
+        try:
+            # IMMEDIATE takes the write lock up front, so the rowids of this call are consecutive: with
+            # AUTOINCREMENT each new seq is one more than the largest ever, and nobody else can insert.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO log (kind, origin, data, at) VALUES (?, ?, ?, ?)", rows)
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StateUnavailable(f"state backend unavailable: cannot append to {self.path}: {e}") from None
+        seqs = [str(s) for s in range(last - len(rows) + 1, last + 1)]
+        for r, s in zip(records, seqs, strict=True):
+            r.seq = s
+        return seqs
+
+    def read_since(self, cursor: str | None, limit: int = 10_000) -> tuple[list[Record], str | None]:
+        after = parse_int_cursor(cursor)
+        check_limit(limit)
+        try:
+            rows = self._conn().execute(
+                "SELECT seq, kind, origin, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise StateUnavailable(f"state backend unavailable: cannot read {self.path}: {e}") from None
+        if not rows:
+            return [], cursor
+        out = [Record(kind=k, data=orjson.loads(d), origin=o, seq=str(s)) for s, k, o, d in rows]
+        return out, out[-1].seq
+
+    def tail_cursor(self) -> str | None:
+        try:
+            row = self._conn().execute("SELECT max(seq) FROM log").fetchone()
+        except sqlite3.Error as e:
+            raise StateUnavailable(f"state backend unavailable: cannot read {self.path}: {e}") from None
+        return None if row[0] is None else str(row[0])
+
+    def cache(self, level: str) -> Cache:
+        return self._caches[check_level(level)]
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            # another thread may be mid-statement: its connection then dies with the process
+            with contextlib.suppress(sqlite3.Error):
+                c.close()
+        self._local = threading.local()
+
+    def health(self) -> bool:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+            return True
+        except (sqlite3.Error, CandgenError):
+            return False
+
+
+def _open(parts: SplitResult, *, url: str, worker_id: str, cache_config: CacheConfig, **_: Any) -> StateStore:
+    path = url_path(parts, url)
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"synchronous"}
+    if unknown:
+        raise CandgenError(f"state URL {url!r}: unknown option(s) {sorted(unknown)}; known: synchronous")
+    sync = query.get("synchronous", ["full"])[-1].lower()
+    return SQLiteStore(path, worker_id=worker_id, synchronous=sync, cache_config=cache_config)
+
+
+register("sqlite", _open)
+register("file", _open)
