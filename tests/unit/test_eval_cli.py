@@ -103,3 +103,15 @@ def test_artifacts_that_saw_the_test_period_are_refused(data_dir: Path, tmp_path
     assert run(["evaluate", str(data_dir), "--quiet", "--baselines", "none", "--artifacts", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "has seen the test period" in err and "--until" in err
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_the_blend(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("[model]\nepochs = 1\ndim = 16\nbatch_size = 64\n")
+    rc = run(["evaluate", str(data_dir), "--quiet", "--json", "--k", "5", "--baselines", "popular",
+              "--artifacts", str(tmp_path / "art"), "--train", "--config", str(cfg)])
+    assert rc == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert names[0] == "candgen" and names[-1] == "popular" and len(names) > 2  # blend, sources, ablations
+    assert (tmp_path / "art" / "manifest.json").exists()
