@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
@@ -142,6 +142,9 @@ class RedisStore(StateStore):
                  cache_config: CacheConfig | None = None, socket_timeout_s: float = 0.5) -> None:
         self.tag = hash_tag(prefix)
         self.url, self.worker_id = url, worker_id
+        parts = urlsplit(url)
+        if parts.scheme in ("redis", "rediss") and not (parts.path.strip("/") or "0").isdigit():
+            raise CandgenError(f"bad redis state URL {_safe(url)!r}: the path must be a database number, like /0")
         try:
             self._pool = redis.ConnectionPool.from_url(
                 url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,

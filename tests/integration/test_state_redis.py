@@ -1,0 +1,162 @@
+"""RedisStore beyond the shared contract: outages never hang or crash, reconnection, key layout, leases."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from candgen.errors import CandgenError
+from candgen.state import Record, StateUnavailable, open_state
+from candgen.state.redis import RedisStore, hash_tag
+
+pytestmark = pytest.mark.redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_outage_degrades_quickly_and_never_crashes_a_read() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", prefix="down")  # nothing listens there
+    cache = store.cache("L1")
+    t0 = time.perf_counter()
+    assert store.health() is False
+    assert cache.get("u") is None
+    assert cache.get_many(["a", "b"]) == [None, None]
+    cache.set("u", b"x", ttl_s=1)
+    cache.delete("u")
+    cache.clear()
+    assert store.try_lease("l3", ttl_s=1) is False
+    with pytest.raises(StateUnavailable, match="state backend unavailable"):
+        store.append([Record(kind="event", data={})])
+    with pytest.raises(StateUnavailable):
+        store.read_since(None)
+    with pytest.raises(StateUnavailable):
+        store.tail_cursor()
+    assert time.perf_counter() - t0 < 1.0
+    assert cache.stats() == {"hits": 0, "misses": 3, "errors": 5, "size": -1}
+    assert isinstance(StateUnavailable("x"), CandgenError)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A private redis-server we may stop and restart (the shared one must stay up for everyone)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    yield free_port(), tmp_path
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "yes",
+                             "--dir", str(workdir), "--bind", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            redis.Redis(port=port, socket_connect_timeout=0.1).ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_reconnects_when_redis_comes_back(own_redis: tuple[int, Path]) -> None:
+    port, workdir = own_redis
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="re")
+    assert store.health() is False  # not started yet: a port where nothing listens
+    with pytest.raises(StateUnavailable):
+        store.append([Record(kind="event", data={"n": 0})])
+    proc = start_redis(port, workdir)
+    try:
+        assert store.health() is True  # the same store object, no reopen
+        first = store.append([Record(kind="event", data={"n": 1})])
+        store.cache("L1").set("u", b"x", ttl_s=30)
+        stop_redis(proc)  # pooled connections are now dead
+        assert store.health() is False
+        assert store.cache("L1").get("u") is None
+        proc = start_redis(port, workdir)  # AOF brings the stream back
+        assert store.cache("L1").get("u") == b"x"
+        store.append([Record(kind="event", data={"n": 2})])
+        records, _ = store.read_since(None)
+        assert [r.data["n"] for r in records] == [1, 2] and records[0].seq == first[0]
+    finally:
+        stop_redis(proc)
+        store.close()
+
+
+def test_every_key_shares_one_cluster_slot(redis_url: str) -> None:
+    store = open_state(redis_url, worker_id="w")
+    assert isinstance(store, RedisStore)
+    store.append([Record(kind="event", data={})])
+    for level in ("L1", "L2", "L3"):
+        store.cache(level).set("u1", b"x", ttl_s=30)
+    store.try_lease("l3", ttl_s=30)
+    client = redis.Redis.from_url(redis_url.split("?")[0])
+    keys = sorted(k.decode() for k in client.scan_iter(match=f"{store.tag}*", count=1000))
+    assert keys == [f"{store.tag}:{s}" for s in ("L1:u1", "L2:u1", "L3:u1", "lease:l3", "log")]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert store.delete_all() == 5
+    assert store.read_since(None) == ([], None)
+
+
+def test_prefixes_are_separate_namespaces(redis_url: str) -> None:
+    a = open_state(redis_url)
+    b = open_state(redis_url.replace("prefix=", "prefix=other-"))
+    try:
+        a.append([Record(kind="event", data={})])
+        a.cache("L1").set("u", b"x", ttl_s=30)
+        assert b.read_since(None) == ([], None) and b.cache("L1").get("u") is None
+    finally:
+        assert isinstance(b, RedisStore)
+        b.delete_all()
+
+
+def test_a_lease_passes_to_another_worker_when_it_expires(redis_url: str) -> None:
+    a, b = open_state(redis_url, worker_id="a"), open_state(redis_url, worker_id="b")
+    assert a.try_lease("l3", ttl_s=0.15) is True
+    assert b.try_lease("l3", ttl_s=0.15) is False
+    time.sleep(0.25)
+    assert b.try_lease("l3", ttl_s=5) is True
+    assert a.try_lease("l3", ttl_s=5) is False
+
+
+def test_hash_tag_and_url_errors() -> None:
+    assert hash_tag("shop") == "{shop}" and hash_tag("{shop}") == "{shop}"
+    with pytest.raises(CandgenError, match="prefix"):
+        hash_tag("")
+    with pytest.raises(CandgenError, match="bad redis state URL"):
+        RedisStore("redis://127.0.0.1:6379/notadb")
+    with pytest.raises(CandgenError, match="bad redis state URL"):
+        RedisStore("redis://127.0.0.1:notaport/0")
+    with pytest.raises(CandgenError, match="cannot reach") as e:
+        open_state(f"redis://user:secret@127.0.0.1:{free_port()}/0")
+    assert "secret" not in str(e.value)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "1 error"), ("", "1 skipped")])
+def test_the_redis_fixture_fails_under_ci_and_skips_otherwise(ci: str, outcome: str) -> None:
+    import os
+    import sys
+
+    env = {**os.environ, "CI": ci, "CANDGEN_TEST_REDIS_URL": f"redis://127.0.0.1:{free_port()}/14"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{__file__}::test_prefixes_are_separate_namespaces"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert outcome in done.stdout, done.stdout[-2000:]
+    assert "unreachable" in done.stdout

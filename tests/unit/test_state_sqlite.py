@@ -1,0 +1,122 @@
+"""The SQLite journal across processes: concurrent writers on one file, and acknowledged writes surviving kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from candgen.errors import CandgenError
+from candgen.state import Record, StateUnavailable
+from candgen.state.sqlite import SQLiteStore
+
+WRITER = """
+import sys
+from candgen.state.base import Record
+from candgen.state.sqlite import SQLiteStore
+store = SQLiteStore(sys.argv[1], worker_id=sys.argv[2], synchronous=sys.argv[3])
+for i in range(int(sys.argv[4])):
+    store.append([Record(kind="event", data={"w": sys.argv[2], "i": i})])
+    print(i, flush=True)  # printed only after append returned: the write is acknowledged
+if sys.argv[5] == "kill":
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def run_writers(path: Path, names: list[str], n: int, *, sync: str = "full", end: str = "exit") -> list[str]:
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), w, sync, str(n), end],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in names]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode in (0, -signal.SIGKILL), err
+        outs.append(out)
+    return outs
+
+
+def test_two_processes_append_to_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    run_writers(path, ["a", "b"], 40)
+    records, _ = SQLiteStore(path).read_since(None)
+    assert sorted((r.data["w"], r.data["i"]) for r in records) == [(w, i) for w in "ab" for i in range(40)]
+    for w in "ab":  # each writer's records in its own order
+        assert [r.data["i"] for r in records if r.origin == w] == list(range(40))
+    assert [int(r.seq) for r in records] == sorted(int(r.seq) for r in records)
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path, sync: str) -> None:
+    path = tmp_path / "journal.db"
+    (out,) = run_writers(path, ["w"], 25, sync=sync, end="kill")
+    acknowledged = len(out.split())
+    assert acknowledged == 25
+    records, _ = SQLiteStore(path).read_since(None)
+    assert [r.data["i"] for r in records] == list(range(acknowledged))
+
+
+def test_append_reports_a_locked_journal_as_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    store = SQLiteStore(path, busy_timeout_s=0.05)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock for too long
+    try:
+        with pytest.raises(StateUnavailable, match="state backend unavailable"):
+            store.append([Record(kind="event", data={})])
+        assert store.read_since(None) == ([], None)  # readers are not blocked by the writer (WAL)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.append([Record(kind="event", data={})]) == ["1"]
+
+
+def test_read_and_tail_report_a_broken_journal_as_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    store = SQLiteStore(path)
+    store._conn().execute("DROP TABLE log")  # what a foreign tool or a corrupted file would do
+    with pytest.raises(StateUnavailable):
+        store.read_since(None)
+    with pytest.raises(StateUnavailable):
+        store.tail_cursor()
+
+
+def test_wal_mode_and_synchronous_are_set(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "j.db", synchronous="normal")
+    conn = store._conn()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert SQLiteStore(tmp_path / "k.db")._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(CandgenError, match="synchronous"):
+        SQLiteStore(tmp_path / "l.db", synchronous="off")
+
+
+def test_each_thread_gets_its_own_connection(tmp_path: Path) -> None:
+    import threading
+
+    store = SQLiteStore(tmp_path / "j.db")
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(id(store._conn())))
+    t.start()
+    t.join()
+    assert seen and seen[0] != id(store._conn())
+    store.close()
+    assert not store.health()
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "j.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CandgenError, match="cannot open the state journal"):
+        SQLiteStore(bad)
+
+
+def test_opening_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(CandgenError, match="cannot open the state journal"):
+        SQLiteStore(tmp_path / "plain" / "j.db")
+    assert os.path.isfile(tmp_path / "plain")
