@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from candgen.errors import CandgenError
-from candgen.state import Record, StateUnavailable
+from candgen.state import Record, StateUnavailable, open_state
 from candgen.state.sqlite import SQLiteStore
 
 WRITER = """
@@ -86,11 +86,13 @@ def test_read_and_tail_report_a_broken_journal_as_unavailable(tmp_path: Path) ->
 
 
 def test_wal_mode_and_synchronous_are_set(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "j.db", synchronous="normal")
+    store = SQLiteStore(tmp_path / "j.db")
     conn = store._conn()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert SQLiteStore(tmp_path / "k.db")._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, the default
+    full = open_state(f"sqlite:///{tmp_path}/k.db?synchronous=full")
+    assert isinstance(full, SQLiteStore)
+    assert full._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with pytest.raises(CandgenError, match="synchronous"):
         SQLiteStore(tmp_path / "l.db", synchronous="off")
 

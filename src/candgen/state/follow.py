@@ -1,0 +1,88 @@
+"""Keeps one worker's in-process structures in step with the shared log (the engine's side of the protocol).
+
+    follower = LogFollower(store, apply=engine.apply_record)
+    follower.replay()                        # at start: every record, whoever wrote it
+    follower.write([Record(kind="event", data={...})])   # a write endpoint: append, then apply here
+    follower.catch_up()                      # at the start of every request: what other workers wrote
+
+`write` applies the records locally right after the store acknowledged them, and `catch_up` skips records
+whose origin is this worker, so nothing is applied twice. `catch_up` holds a lock while it reads and
+applies, so a request that starts after another worker's append returned always sees it (a request
+never skips a catch-up because another thread is mid-way through one that began before the append).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from candgen.state.base import Record, StateStore, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class LogFollower:
+    """Replays and follows `store`'s log into `apply(record)`; thread-safe, and calls `apply` from one
+    thread at a time (under its lock), though not always the same thread.
+
+    A record whose `apply` raises is logged, counted in `apply_errors` and skipped (one bad record must
+    not wedge every later request); a backend outage makes `catch_up` return -1 and count
+    `read_errors` (the request is served from what this worker has), while `write` raises
+    `StateUnavailable` so the HTTP layer answers 503.
+    """
+
+    def __init__(self, store: StateStore, apply: Callable[[Record], None], *, page: int = 10_000) -> None:
+        self.store, self.apply, self.page = store, apply, page
+        self.cursor: str | None = None
+        self._lock = threading.Lock()
+        self.applied = self.apply_errors = self.read_errors = 0
+
+    def _apply_all(self, records: list[Record], *, skip_own: bool) -> int:
+        n = 0
+        for r in records:
+            if skip_own and r.origin == self.store.worker_id:
+                continue
+            try:
+                self.apply(r)
+                n += 1
+            except Exception:
+                self.apply_errors += 1
+                log.exception("could not apply state record %s (%s)", r.seq, r.kind)
+        self.applied += n
+        return n
+
+    def replay(self) -> int:
+        """Apply the whole log from the beginning (at start-up); returns how many records were applied."""
+        with self._lock:
+            total = 0
+            while True:
+                records, cursor = self.store.read_since(self.cursor, limit=self.page)
+                if not records:
+                    return total
+                total += self._apply_all(records, skip_own=False)
+                self.cursor = cursor
+
+    def catch_up(self) -> int:
+        """Apply what other workers appended since the last call; -1 when the backend is unreachable."""
+        with self._lock:
+            total = 0
+            while True:
+                try:
+                    records, cursor = self.store.read_since(self.cursor, limit=self.page)
+                except StateUnavailable:
+                    self.read_errors += 1
+                    return -1
+                if not records:
+                    return total
+                total += self._apply_all(records, skip_own=True)
+                self.cursor = cursor
+                if len(records) < self.page:
+                    return total
+
+    def write(self, records: list[Record]) -> list[str]:
+        """Append (durable and visible to every worker on return), then apply here. Returns the seqs."""
+        seqs = self.store.append(records)
+        with self._lock:  # one thread applies at a time, so `apply` need not be thread-safe itself
+            self._apply_all(records, skip_own=False)
+        return seqs
