@@ -9,14 +9,14 @@ Why the engine is called in a worker thread (`ServeConfig.engine_in_threadpool`,
 request path is synchronous numpy/FAISS work of ~1-5 ms. Called directly from `async def` it blocks the
 event loop: accepting, parsing and /healthz queue behind it, and one worker serves one engine call at a
 time even though FAISS releases the GIL. benchmarks/http_overhead.py measured, with an engine taking
-3 ms and 8 concurrent clients on 1 worker: 218 QPS (threadpool) vs 86 QPS (direct), /healthz p50 10 ms
-vs 68 ms meanwhile. The hop itself costs no measurable CPU per request (1.1-1.2 ms CPU per k=1000
-answer either way) and ~0.1-0.3 ms of wall time on that busy machine (load ~11 on 2 cores). `reload`
-always runs in a thread.
+3 ms and 8 concurrent clients on 1 worker: 187-216 QPS (threadpool) vs 86-151 QPS (direct), /healthz
+p50 11-15 ms vs 59-68 ms meanwhile. The hop costs ~0.05-0.1 ms of server time and CPU per request on
+that busy machine (load ~10 on 2 cores). `reload` always runs in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -48,6 +49,7 @@ log = logging.getLogger("candgen.serve")
 T = TypeVar("T")
 
 API_KEY_ENV = "CANDGEN_API_KEY"
+ENGINE_THREADS = 32  # engine calls that may run at once per worker (more wait in the executor's queue)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorBody} for code in (400, 404, 413, 422, 503)
 }
@@ -136,12 +138,24 @@ def create_app(
     metrics = ServeMetrics(stats=lambda: slot.engine.stats() if slot.engine is not None else None)
     reload_lock = threading.Lock()
     in_flight = 0  # only touched on the event loop thread, so no lock
+    # a plain executor, not anyio.to_thread: half the CPU per hop (51 vs 94 µs measured on a busy box)
+    executor: ThreadPoolExecutor | None = None
+
+    def engine_executor() -> ThreadPoolExecutor:
+        nonlocal executor
+        if executor is None:
+            executor = ThreadPoolExecutor(max_workers=ENGINE_THREADS, thread_name_prefix="candgen-engine")
+        return executor
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if slot.factory is not None and slot.engine is None:
             threading.Thread(target=slot.load, name="candgen-engine-load", daemon=True).start()
         yield
+        nonlocal executor
+        if executor is not None:
+            executor.shutdown(wait=True)  # in-flight engine calls finish before the engine closes
+            executor = None
         eng, close = slot.engine, getattr(slot.engine, "close", None)
         if eng is not None and callable(close):
             await anyio.to_thread.run_sync(close)
@@ -178,7 +192,7 @@ def create_app(
         metrics.in_flight.inc()
         try:
             if engine_in_threadpool if thread is None else thread:
-                return await anyio.to_thread.run_sync(fn, *args)
+                return await asyncio.get_running_loop().run_in_executor(engine_executor(), fn, *args)
             return fn(*args)
         except (CandgenError, ApiError):
             raise
