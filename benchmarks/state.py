@@ -1,9 +1,10 @@
 """State backend benchmark: median and p99 microseconds of the log and cache operations the service calls.
 
-For each backend (memory, SQLite with synchronous=NORMAL (default) and FULL on the local disk, Redis on 127.0.0.1
-db 14 under a throwaway prefix): `read_since` with nothing new (the catch-up every worker does at the
-start of every request) on a log already holding 10k records, `append` of 1 and of 100 records, and cache
-`get` (hit), `get` (miss), `set` of an 8 KB value (1000 int64 candidate ids) in L1.
+For each backend (memory, SQLite with synchronous=NORMAL (the default) and FULL on the local disk, Redis
+on 127.0.0.1 db 14 under a throwaway prefix), on a log already holding 10k records: the replay of that log
+(per record: what a restarting worker pays), `read_since` with nothing new (the catch-up every worker does
+at the start of every request), `append` of 1 and of 100 records, and cache `get` (hit), `get` (miss) and
+`set` of an 8 KB value (1000 int64 candidate ids) in L1.
 
     .venv/bin/python benchmarks/state.py              # about 30 s
     .venv/bin/python benchmarks/state.py --quick      # fewer repetitions
@@ -52,7 +53,18 @@ def bench(store: StateStore, *, reps: int) -> dict[str, tuple[float, float]]:
     l1.set("hit", value, ttl_s=600)
     n_append = max(50, reps // 10)
     one, hundred = records(1), records(100)  # built once: the timing is the store's, not Record()'s
+    n_log = len(store.read_since(None, limit=100_000)[0])
+
+    def replay() -> None:  # what a restarting worker does: the whole log, in pages
+        c: str | None = None
+        while True:
+            page, c = store.read_since(c, limit=10_000)
+            if not page:
+                return
+
+    med, p99 = timed(replay, 5)
     return {
+        "replay, per record": (med / n_log, p99 / n_log),
         "read_since, nothing new": timed(lambda: store.read_since(cursor), reps),
         "append 1 record": timed(lambda: store.append(one), n_append),
         "append 100 records": timed(lambda: store.append(hundred), max(20, n_append // 4)),

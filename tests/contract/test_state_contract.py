@@ -140,6 +140,20 @@ class StateStoreContract:
         # one order for everyone
         assert [r.seq for r in a.read_since(None)[0]] == [r.seq for r in b.read_since(None)[0]]
 
+    def test_trim_deletes_up_to_a_seq_and_keeps_the_order(self, opener: Opener) -> None:
+        a, b = opener(), opener()
+        seqs = a.append(events(5))
+        assert a.trim(seqs[1]) == 2
+        records, cursor = b.read_since(None)
+        assert [r.seq for r in records] == seqs[2:] and cursor == seqs[-1]
+        assert b.read_since(seqs[0])[0] == records  # a cursor from before the trim skips the trimmed
+        assert a.trim(seqs[1]) == 0
+        new = b.append(events(1))
+        assert [r.seq for r in a.read_since(cursor)[0]] == new  # seqs keep growing after a trim
+        assert a.trim(new[0]) == 4 and a.read_since(None) == ([], None)
+        with pytest.raises(CandgenError, match="cursor"):
+            a.trim("not-a-seq")
+
     def test_log_persists_across_reopen(self, opener: Opener) -> None:
         if not self.persistent:
             pytest.skip("this backend keeps nothing across restarts")

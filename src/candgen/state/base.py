@@ -134,6 +134,15 @@ class StateStore(ABC):
         """The seq of the newest record, or None when the log is empty."""
 
     @abstractmethod
+    def trim(self, upto: str) -> int:
+        """Delete the records with seq <= `upto` (compaction); returns how many were deleted.
+
+        Only for records already folded into a snapshot that restarts load before replaying the rest, and
+        that every live worker has read past: `read_since` from an older cursor silently skips them.
+        Seqs are never reused after a trim.
+        """
+
+    @abstractmethod
     def cache(self, level: str) -> Cache:
         """The cache of one level ("L1", "L2", "L3")."""
 

@@ -120,6 +120,7 @@ class _MemoryLog:
 
     def __init__(self, config: CacheConfig) -> None:
         self.rows: list[tuple[str, str, bytes]] = []
+        self.base = 0  # records trimmed off the front: rows[i] has seq base + i + 1
         self.lock = threading.Lock()
         self.caches = local_caches(config)
 
@@ -152,7 +153,7 @@ class MemoryStore(StateStore):
         rows = [(r.kind, r.origin, encode(r)) for r in records]  # encode all first: all or nothing
         log = self._log
         with log.lock:
-            start = len(log.rows)
+            start = log.base + len(log.rows)
             log.rows.extend(rows)
         seqs = [str(start + i + 1) for i in range(len(rows))]
         for r, s in zip(records, seqs, strict=True):
@@ -165,18 +166,29 @@ class MemoryStore(StateStore):
         check_limit(limit)
         log = self._log
         with log.lock:
-            if after >= len(log.rows):  # the common case: nothing new
+            if not log.rows or after >= log.base + len(log.rows):  # the common case: nothing new
                 return [], cursor
-            rows = log.rows[after:after + limit]
-        out = [Record(kind=k, data=orjson.loads(d), origin=o, seq=str(after + i + 1))
+            first = max(after, log.base)
+            rows = log.rows[first - log.base:first - log.base + limit]
+        out = [Record(kind=k, data=orjson.loads(d), origin=o, seq=str(first + i + 1))
                for i, (k, o, d) in enumerate(rows)]
         return out, out[-1].seq
 
     def tail_cursor(self) -> str | None:
         self._check_open()
         with self._log.lock:
-            n = len(self._log.rows)
+            n = self._log.base + len(self._log.rows)
         return str(n) if n else None
+
+    def trim(self, upto: str) -> int:
+        self._check_open()
+        last = parse_int_cursor(upto)
+        log = self._log
+        with log.lock:
+            n = max(0, min(last - log.base, len(log.rows)))
+            del log.rows[:n]
+            log.base += n
+        return n
 
     def cache(self, level: str) -> Cache:
         return self._log.caches[check_level(level)]

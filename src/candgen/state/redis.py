@@ -207,6 +207,16 @@ class RedisStore(StateStore):
             raise self._unavailable("read from", e) from None
         return rows[0][0].decode() if rows else None
 
+    def trim(self, upto: str) -> int:
+        self._check_open()
+        ms, _, n = upto.partition("-")
+        if not (ms.isdigit() and n.isdigit()):
+            raise CandgenError(f"bad state cursor {upto!r}: expected a seq returned by this store")
+        try:  # XTRIM MINID deletes ids below its argument: the id right after `upto`
+            return int(self._r.xtrim(self._log, minid=f"{ms}-{int(n) + 1}", approximate=False))
+        except redis.RedisError as e:
+            raise self._unavailable("trim", e) from None
+
     def cache(self, level: str) -> Cache:
         return self._caches[check_level(level)]
 

@@ -135,6 +135,22 @@ class SQLiteStore(StateStore):
             raise StateUnavailable(f"state backend unavailable: cannot read {self.path}: {e}") from None
         return None if row[0] is None else str(row[0])
 
+    def trim(self, upto: str) -> int:
+        last = parse_int_cursor(upto)
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = conn.execute("DELETE FROM log WHERE seq <= ?", (last,)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StateUnavailable(f"state backend unavailable: cannot trim {self.path}: {e}") from None
+        return int(n)
+
     def cache(self, level: str) -> Cache:
         return self._caches[check_level(level)]
 
