@@ -35,8 +35,13 @@ def run(args: list[str]) -> int:
     return int(e.value.code or 0)
 
 
+def fast(args: list[str]) -> int:
+    """Baselines only: training candgen's model is for the slow tests."""
+    return run([*args, "--no-candgen"])
+
+
 def test_json_and_report(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = run(["evaluate", str(data_dir), "--test-fraction", "0.3", "--k", "3,5", "--baselines", "popular,item_knn",
+    rc = fast(["evaluate", str(data_dir), "--test-fraction", "0.3", "--k", "3,5", "--baselines", "popular,item_knn",
               "--report", str(tmp_path / "rep"), "--json", "--quiet"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
@@ -48,7 +53,7 @@ def test_json_and_report(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_table_with_until_iso_time(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = run(["evaluate", str(data_dir), "--until", "1970-01-30T00:00:00Z", "--k", "4", "--baselines", "popular",
+    rc = fast(["evaluate", str(data_dir), "--until", "1970-01-30T00:00:00Z", "--k", "4", "--baselines", "popular",
               "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -56,7 +61,7 @@ def test_table_with_until_iso_time(data_dir: Path, capsys: pytest.CaptureFixture
 
 
 def test_default_test_fraction(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["evaluate", str(data_dir), "--baselines", "recent_popular", "--json", "--quiet"]) == 0
+    assert fast(["evaluate", str(data_dir), "--baselines", "recent_popular", "--json", "--quiet"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["ks"] == [50, 100, 200]
     total = d["split"]["train_interactions"] + d["split"]["test_interactions"]
@@ -72,21 +77,23 @@ def test_default_test_fraction(data_dir: Path, capsys: pytest.CaptureFixture[str
         (["--k", "0"], "--k"),
         (["--baselines", "svd"], "unknown baseline"),
         (["--baselines", ","], "expected names"),
-        (["--baselines", "none"], "nothing to evaluate"),
+        (["--baselines", "none", "--no-candgen"], "nothing to evaluate"),
         (["--train"], "--train needs --artifacts"),
+        (["--no-candgen", "--artifacts", "art"], "cannot be combined"),
         (["--until", "yesterday"], "--until"),
         (["--until", "99999999999"], "empty test part"),
     ],
 )
 def test_bad_arguments_exit_2(data_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                               message: str) -> None:
+    # every one of these fails before any training starts
     assert run(["evaluate", str(data_dir), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
 def test_missing_data_dir_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["evaluate", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert fast(["evaluate", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "error" in capsys.readouterr().err
 
 
@@ -115,3 +122,13 @@ def test_train_then_evaluate_the_blend(data_dir: Path, tmp_path: Path, capsys: p
     names = [r["name"] for r in json.loads(capsys.readouterr().out)["results"]]
     assert names[0] == "candgen" and names[-1] == "popular" and len(names) > 2  # blend, sources, ablations
     assert (tmp_path / "art" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_default_trains_candgen_on_the_past(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("[model]\nepochs = 1\ndim = 16\nbatch_size = 64\n")
+    rc = run(["evaluate", str(data_dir), "--quiet", "--json", "--k", "5", "--baselines", "none", "--config", str(cfg)])
+    assert rc == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert names[0] == "candgen" and "trending" in names

@@ -1,9 +1,10 @@
-"""`candgen evaluate`: time-split a dataset, fit the baselines on the past, measure them on the future;
-with `--artifacts`, candgen's own blend and sources join the same table."""
+"""`candgen evaluate`: time-split a dataset, train candgen and fit the baselines on the past, and measure the
+blend, each source (alone and left out of the blend) and every baseline on the future, in one table."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +30,29 @@ def evaluate(
     ),
     k: str = typer.Option("50,100,200", "--k", help="cut-offs, comma-separated"),
     baselines: str = typer.Option(DEFAULT_BASELINES, help="baselines to evaluate, comma-separated, or none"),
+    candgen: bool = typer.Option(
+        True, "--candgen/--no-candgen", help="train and evaluate candgen's blend and sources (or baselines only)"
+    ),
     artifacts: Path | None = typer.Option(
         None, "--artifacts",
-        help="also evaluate the blend, each source and each ablation of these artifacts (trained before the cutoff)",
+        help="evaluate these artifacts (trained before the cutoff) instead of training into a temporary dir",
     ),
-    train_first: bool = typer.Option(False, "--train", help="first train --artifacts on the train part of the split"),
-    config: Path | None = typer.Option(None, help="TOML config file (event weights; model settings with --train)"),
+    train_first: bool = typer.Option(False, "--train", help="train into --artifacts first (and keep them)"),
+    config: Path | None = typer.Option(None, help="TOML config file (event weights, model and source settings)"),
     report: Path | None = typer.Option(None, "--report", help="write report.md, report.json and a plot here"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
-    """Recall, precision, NDCG and hit rate at k of the baselines on a time split, warm and cold users apart."""
+    """Recall, precision, NDCG and hit rate at k of candgen and the baselines on a time split, warm and cold
+    users apart, plus coverage, diversity, Gini and novelty."""
     from candgen.config import load_config
     from candgen.data.io import load_dataset
     from candgen.data.split import time_split
     from candgen.eval.baselines import make_baselines
     from candgen.eval.evaluate import evaluate as run_evaluation
 
+    if not candgen and (artifacts is not None or train_first):
+        raise CandgenError("--no-candgen cannot be combined with --artifacts or --train")
     if train_first and artifacts is None:
         raise CandgenError("--train needs --artifacts DIR to write the trained artifacts to")
     if until is not None and test_fraction is not None:
@@ -57,19 +64,22 @@ def evaluate(
     names = [n.strip() for n in baselines.split(",") if n.strip()]
     if not names:
         raise CandgenError("--baselines: expected names like popular,item_knn, or none")
-    recommenders = [] if names == ["none"] else make_baselines(names)
-    if not recommenders and artifacts is None:
-        raise CandgenError("nothing to evaluate: --baselines none needs --artifacts")
+    recommenders: list[Any] = [] if names == ["none"] else make_baselines(names)
+    if not recommenders and not candgen:
+        raise CandgenError("nothing to evaluate: --baselines none with --no-candgen")
     cfg = load_config(config)
-    with progress(quiet) as p:
+    with progress(quiet) as p, tempfile.TemporaryDirectory(prefix="candgen-eval-") as tmp:
         ds = load_dataset(data, progress=p)
         if until_ts is not None:
             split = time_split(ds, until=until_ts)
         else:
             split = time_split(ds, fraction=1.0 - (0.2 if test_fraction is None else test_fraction))
-        engine = _open_engine(artifacts, split=split, train_first=train_first, config=cfg, progress=p)
+        engine = None
+        if candgen:
+            art, train = (artifacts, train_first) if artifacts is not None else (Path(tmp) / "art", True)
+            engine = _open_engine(art, split=split, train_first=train, config=cfg, progress=p)
         try:
-            rows: list[Any] = recommenders
+            rows = recommenders
             if engine is not None:
                 from candgen.eval.funnel import funnel_recommenders
 
@@ -78,7 +88,7 @@ def evaluate(
             result = run_evaluation(split, rows, ks=ks, events=cfg.events, progress=p)
         finally:
             if engine is not None:
-                engine.close()
+                engine.close()  # before the temporary artifacts go away
     paths = result.write(report) if report is not None else []
     if as_json:
         d = result.to_dict()
@@ -93,21 +103,20 @@ def evaluate(
         out.print(f"wrote {', '.join(str(x) for x in paths)}")
 
 
-def _open_engine(artifacts: Path | None, *, split: Any, train_first: bool, config: Config, progress: Progress) -> Any:
-    """The engine to evaluate (None without --artifacts); refuses artifacts that saw the test period."""
-    if artifacts is None:
-        return None
+def _open_engine(art: Path, *, split: Any, train_first: bool, config: Config, progress: Progress) -> Any:
+    """The engine to evaluate, trained on the train part first if asked; refuses artifacts that saw the test
+    period (trained on data at or after the cutoff)."""
     from candgen.artifacts import Manifest
     from candgen.engine import Engine
 
     if train_first:
         from candgen.pipeline import train_artifacts
 
-        train_artifacts(split.train, artifacts, config=config, progress=progress)
-    end = int(Manifest.read(artifacts).data_end_time)
+        train_artifacts(split.train, art, config=config, progress=progress)
+    end = int(Manifest.read(art).data_end_time)
     if split.cutoff is not None and end >= split.cutoff:
         raise CandgenError(
-            f"{artifacts} was trained on data up to {end}, at or after the split cutoff {split.cutoff}: it has seen "
+            f"{art} was trained on data up to {end}, at or after the split cutoff {split.cutoff}: it has seen "
             f"the test period; train with `candgen train --until {split.cutoff}` or use --train"
         )
-    return Engine.load(artifacts, deadlines=False)
+    return Engine.load(art, deadlines=False)
