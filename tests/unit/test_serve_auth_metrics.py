@@ -164,3 +164,8 @@ def test_clients_cannot_mint_metric_labels(client: TestClient) -> None:
     endpoints = {k for k in m if k.startswith("candgen_http_request_duration_seconds_count")}
     assert 'candgen_http_request_duration_seconds_count{endpoint="unrouted",method="other",status="404"}' in endpoints
     assert not any("/a/1" in k or "BREW" in k for k in endpoints)
+
+
+def test_no_created_series(client: TestClient) -> None:
+    client.get("/v1/candidates/a")
+    assert "_created" not in client.get("/metrics").text

@@ -27,9 +27,9 @@ def serve(
     check_port(host, port)
     if workers > 1 and not state:
         err.print("[yellow]warning:[/] several workers with the embedded state: each worker keeps its own events "
-                  "and caches; use --state redis://... to share them", highlight=False)
+                  "and caches; use --state redis://... to share them", highlight=False, soft_wrap=True)
     err.print(f"serving model {manifest.model_version} from {art} on http://{host}:{port} "
               f"({workers} worker{'s' if workers > 1 else ''}); API docs at http://{host}:{port}/docs",
-              highlight=False)
+              highlight=False, soft_wrap=True)
     run(str(art), host=host, port=port, workers=workers, state_url=state, log_level=log_level,
         config_path=str(config) if config else None)
