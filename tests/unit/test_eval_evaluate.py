@@ -147,6 +147,26 @@ def test_bad_arguments(split: Split) -> None:
         evaluate(split, [], ks=[5])
 
 
+class Short:
+    """Answers fewer columns than asked (allowed: the rest counts as empty), or the wrong number of rows."""
+
+    def __init__(self, rows_off: int = 0) -> None:
+        self.name, self.rows_off = "short", rows_off
+
+    def recommend(self, users: np.ndarray, k: int) -> BatchCandidates:
+        n = len(users) + self.rows_off
+        return BatchCandidates(np.full((n, 1), 2, np.int64), np.zeros((n, 1), np.float32))
+
+
+def test_short_lists_are_padded_and_wrong_row_counts_refused(split: Split) -> None:
+    assert split.train.items.id(2) == "c"
+    report = evaluate(split, [Short()], ks=[3])
+    assert report.results[0].metrics["warm"]["recall@3"] == 0.5  # w1 wants c (hit), w3 wants e (miss)
+    assert report.results[0].metrics["warm"]["precision@3"] == pytest.approx(1 / 6)  # empty slots are misses
+    with pytest.raises(ValueError, match="answered"):
+        evaluate(split, [Short(rows_off=1)], ks=[3])
+
+
 def test_report_is_a_plain_dataclass() -> None:
     report = EvalReport(ks=[5], cohort_users={"warm": 0, "cold": 0}, split={}, results=[])
     assert report.to_dict()["results"] == []

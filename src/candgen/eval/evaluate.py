@@ -1,6 +1,6 @@
-"""Time-split evaluation: every recommender (baselines today; candgen's sources and blend later) in one
-table of recall/precision/NDCG/hit rate at several k, for warm and cold test users separately, plus
-coverage, intra-list diversity, Gini and novelty at the largest k.
+"""Time-split evaluation: every recommender (the baselines, and candgen's blend and sources through
+`candgen.eval.funnel`) in one table of recall/precision/NDCG/hit rate at several k, for warm and cold test
+users separately, plus coverage, intra-list diversity, Gini and novelty at the largest k.
 
 Ground truth of a test user: the items of their test interactions with positive engagement weight,
 minus the items they already interacted with in train (the "seen" items every baseline filters out).
@@ -240,8 +240,13 @@ def evaluate(
         t0 = time.perf_counter()
         ids = np.full((len(users), k_max), -1, dtype=np.int64)
         for start in range(0, len(users), batch_users):
-            batch = rec.recommend(users[start : start + batch_users], k_max)
-            ids[start : start + len(batch)] = batch.ids[:, :k_max]
+            chunk = users[start : start + batch_users]
+            got = np.asarray(rec.recommend(chunk, k_max).ids)
+            if got.ndim != 2 or got.shape[0] != len(chunk):
+                raise ValueError(f"recommender '{rec.name}' answered {got.shape} ids for {len(chunk)} users; "
+                                 f"expected ({len(chunk)}, {k_max})")
+            width = min(k_max, got.shape[1])
+            ids[start : start + len(chunk), :width] = got[:, :width]
         rec_s = time.perf_counter() - t0
         per_user = m.ranking_metrics_per_user(ids, relevant, ks)
         offset, by_cohort, stderr = 0, {}, {}
