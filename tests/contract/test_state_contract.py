@@ -151,6 +151,9 @@ class StateStoreContract:
         new = b.append(events(1))
         assert [r.seq for r in a.read_since(cursor)[0]] == new  # seqs keep growing after a trim
         assert a.trim(new[0]) == 4 and a.read_since(None) == ([], None)
+        assert a.tail_cursor() is None
+        later = a.append(events(1))
+        assert [r.seq for r in a.read_since(new[0])[0]] == later  # still after the old cursors
         with pytest.raises(CandgenError, match="cursor"):
             a.trim("not-a-seq")
 

@@ -177,8 +177,8 @@ class MemoryStore(StateStore):
     def tail_cursor(self) -> str | None:
         self._check_open()
         with self._log.lock:
-            n = self._log.base + len(self._log.rows)
-        return str(n) if n else None
+            rows, n = self._log.rows, self._log.base + len(self._log.rows)
+            return str(n) if rows else None  # like the other backends: None once everything is trimmed
 
     def trim(self, upto: str) -> int:
         self._check_open()
