@@ -130,5 +130,7 @@ def test_default_trains_candgen_on_the_past(data_dir: Path, tmp_path: Path, caps
     cfg.write_text("[model]\nepochs = 1\ndim = 16\nbatch_size = 64\n")
     rc = run(["evaluate", str(data_dir), "--quiet", "--json", "--k", "5", "--baselines", "none", "--config", str(cfg)])
     assert rc == 0
-    names = [r["name"] for r in json.loads(capsys.readouterr().out)["results"]]
+    d = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in d["results"]]
     assert names[0] == "candgen" and "trending" in names
+    assert any("trained on the train part" in n for n in d["notes"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,12 @@ def evaluate(
             split = time_split(ds, until=until_ts)
         else:
             split = time_split(ds, fraction=1.0 - (0.2 if test_fraction is None else test_fraction))
-        engine = None
+        engine, trained_s = None, 0.0
         if candgen:
             art, train = (artifacts, train_first) if artifacts is not None else (Path(tmp) / "art", True)
+            t0 = time.perf_counter()
             engine = _open_engine(art, split=split, train_first=train, config=cfg, progress=p)
+            trained_s = time.perf_counter() - t0 if train else 0.0
         try:
             rows = recommenders
             if engine is not None:
@@ -86,6 +89,8 @@ def evaluate(
                 now = float(split.cutoff if split.cutoff is not None else engine.now_default)
                 rows = [*funnel_recommenders(engine, now=now), *recommenders]
             result = run_evaluation(split, rows, ks=ks, events=cfg.events, progress=p)
+            if trained_s:
+                result.notes.append(f"candgen (model, index, sources) trained on the train part in {trained_s:.0f} s")
         finally:
             if engine is not None:
                 engine.close()  # before the temporary artifacts go away
