@@ -133,6 +133,10 @@ class ServeConfig:
     ann_recall_sample_every: int = 100
     engine_in_threadpool: bool = True  # call the engine in a worker thread, never blocking the event loop
     max_in_flight: int = 256  # engine calls at once per worker before shedding with 503
+    # online engagement attribution (serve/attribution.py): 1 user in N, their last list, for ttl seconds
+    attribution_sample_every: int = 10
+    attribution_users: int = 1000  # 0: off
+    attribution_ttl_s: float = 3600.0
 
 
 @dataclass

@@ -161,6 +161,16 @@ class SlowLoadingFactory:
         return self.engine
 
 
+def metric_lines(text: str) -> dict[str, float]:
+    """Prometheus text → {'name{labels}': value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def open_fake(art: str, state_url: str | None) -> FakeEngine:
     """Stand-in for `candgen.engine.open_engine`, selected through CANDGEN_ENGINE in the factory tests."""
     eng = FakeEngine()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_fakes import FakeEngine
+from serve_fakes import FakeEngine, metric_lines
 
 from candgen.serve.app import create_app
 
@@ -75,15 +75,6 @@ def test_openapi_documents_the_bearer_scheme(client: TestClient) -> None:
     assert "security" not in spec["paths"]["/v1/candidates"]["post"]
 
 
-def _metric_lines(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def test_metrics_after_some_requests(engine: FakeEngine) -> None:
     engine.degraded = ["social"]
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -100,7 +91,7 @@ def test_metrics_after_some_requests(engine: FakeEngine) -> None:
         c.get("/v1/nowhere/at/all")
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    m = _metric_lines(r.text)
+    m = metric_lines(r.text)
     ep = 'endpoint="/v1/candidates",method="POST"'
     assert m[f'candgen_http_request_duration_seconds_count{{{ep},status="200"}}'] == 2
     assert m[f'candgen_http_request_duration_seconds_count{{{ep},status="422"}}'] == 1
@@ -131,7 +122,7 @@ def test_metrics_after_some_requests(engine: FakeEngine) -> None:
 
 def test_model_version_metric_follows_a_reload(client: TestClient) -> None:
     assert client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-    m = _metric_lines(client.get("/metrics").text)
+    m = metric_lines(client.get("/metrics").text)
     assert m['candgen_model_info{version="v2"}'] == 1 and 'candgen_model_info{version="v1"}' not in m
 
 
@@ -139,7 +130,7 @@ def test_two_apps_keep_separate_metrics() -> None:
     with TestClient(create_app(FakeEngine(), api_key=None)) as a, \
             TestClient(create_app(FakeEngine(n_items=3), api_key=None)) as b:
         a.get("/v1/candidates/x")
-        ma, mb = _metric_lines(a.get("/metrics").text), _metric_lines(b.get("/metrics").text)
+        ma, mb = metric_lines(a.get("/metrics").text), metric_lines(b.get("/metrics").text)
     assert ma["candgen_index_size"] == 50 and mb["candgen_index_size"] == 3
     assert 'candgen_variant_requests_total{variant="A"}' in ma
     assert 'candgen_variant_requests_total{variant="A"}' not in mb
@@ -153,14 +144,14 @@ def test_a_failing_stats_does_not_break_metrics(engine: FakeEngine) -> None:
     with TestClient(create_app(engine, api_key=None)) as c:
         r = c.get("/metrics")
     assert r.status_code == 200 and "candgen_http_request_duration_seconds" in r.text
-    assert "candgen_index_size" not in _metric_lines(r.text)
+    assert "candgen_index_size" not in metric_lines(r.text)
 
 
 def test_clients_cannot_mint_metric_labels(client: TestClient) -> None:
     for path in ("/a/1", "/b/2", "/v1/items/x/y/z"):
         client.request("BREW", path)
         client.get(path)
-    m = _metric_lines(client.get("/metrics").text)
+    m = metric_lines(client.get("/metrics").text)
     endpoints = {k for k in m if k.startswith("candgen_http_request_duration_seconds_count")}
     assert 'candgen_http_request_duration_seconds_count{endpoint="unrouted",method="other",status="404"}' in endpoints
     assert not any("/a/1" in k or "BREW" in k for k in endpoints)

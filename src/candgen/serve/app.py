@@ -39,6 +39,7 @@ from candgen import __version__
 from candgen.config import ServeConfig
 from candgen.errors import CandgenError
 from candgen.serve import schemas as s
+from candgen.serve.attribution import EngagementAttribution
 from candgen.serve.errors import ApiError, error_response, install_error_handlers
 from candgen.serve.metrics import ServeMetrics
 from candgen.serve.middleware import T0_KEY, Gate
@@ -135,6 +136,9 @@ def create_app(
     key = os.environ.get(API_KEY_ENV) if api_key is _UNSET else api_key
     key_bytes = key.encode() if key else None
     slot = _EngineSlot(engine)
+    attribution = EngagementAttribution(
+        max_users=cfg.attribution_users, ttl_s=cfg.attribution_ttl_s, sample_every=cfg.attribution_sample_every,
+    )
     metrics = ServeMetrics(stats=lambda: slot.engine.stats() if slot.engine is not None else None)
     reload_lock = threading.Lock()
     in_flight = 0  # only touched on the event loop thread, so no lock
@@ -168,6 +172,7 @@ def create_app(
     app.add_middleware(Gate, max_body_bytes=cfg.max_body_bytes, metrics=metrics)
     app.state.metrics = metrics
     app.state.engine_slot = slot
+    app.state.attribution = attribution
 
     bearer = HTTPBearer(auto_error=False, description="needed on writes when CANDGEN_API_KEY is set")
 
@@ -219,6 +224,8 @@ def create_app(
         eng = slot.ready()
         res = await call(eng.candidates, req)
         metrics.observe_candidates(res)
+        if attribution.served(req.user_id, res):
+            metrics.observe_served(res)
         body = {
             "user_id": req.user_id, "model_version": res.model_version or eng.model_version,
             "variant": res.variant, "candidates": _candidate_list(res, req.explain), "degraded": res.degraded,
@@ -278,6 +285,9 @@ def create_app(
         n = await call(eng.ingest_events, events)
         for event, count in Counter(e.event for e in events).items():
             metrics.events_ingested.labels(event).inc(count)
+        for e in events:
+            if attribution.sampled(e.user_id):
+                metrics.observe_engagement(e.event, attribution.credit(e.user_id, e.item_id))
         return s.EventsResponse(accepted=n)
 
     @app.post("/v1/items", status_code=201, response_model=s.ItemsResponse, responses=_WRITE_ERRORS,

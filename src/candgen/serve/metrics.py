@@ -110,6 +110,30 @@ class ServeMetrics:
             "candgen_intra_list_diversity", "intra-list diversity of answered candidate lists",
             buckets=UNIT_BUCKETS, registry=r,
         )
+        self.attributed_candidates = Counter(
+            "candgen_attributed_candidates",
+            "candidates served to users sampled for engagement attribution, per source that found them",
+            ["source", "variant"], registry=r,
+        )
+        self.attributed_lists = Counter(
+            "candgen_attributed_lists", "candidate lists served to users sampled for attribution", ["variant"],
+            registry=r,
+        )
+        self.attributed_events = Counter(
+            "candgen_attributed_events",
+            "events of sampled users on an item of the list last served to them, credited to every source "
+            "that found the item", ["source", "variant", "event"], registry=r,
+        )
+        self.attributed_list_events = Counter(
+            "candgen_attributed_list_events",
+            "events of sampled users on an item of the list last served to them, once per event (A/B)",
+            ["variant", "event"], registry=r,
+        )
+        self.unattributed_events = Counter(
+            "candgen_unattributed_events",
+            "events of sampled users on items outside the list last served to them (or none remembered)",
+            ["event"], registry=r,
+        )
         self.in_flight = Gauge("candgen_engine_calls_in_flight", "engine calls being served now", registry=r)
         self.shed = Counter("candgen_requests_shed", "requests refused with 503 because too many were in flight",
                             registry=r)
@@ -159,6 +183,22 @@ class ServeMetrics:
             self.diversity.observe(res.quality["diversity"])
         if res.model_version:
             self.set_model_version(res.model_version)
+
+    def observe_served(self, res: CandidatesResult) -> None:
+        """A list served to a user sampled for attribution (see serve/attribution.py)."""
+        self._child(self.attributed_lists, res.variant).inc()
+        for source, n in Tally(chain.from_iterable(res.sources)).items():
+            self._child(self.attributed_candidates, source, res.variant).inc(n)
+
+    def observe_engagement(self, event: str, credit: tuple[list[str], str] | None) -> None:
+        """An event of a sampled user, with the (sources, variant) it is credited to, or None."""
+        if credit is None:
+            self._child(self.unattributed_events, event).inc()
+            return
+        sources, variant = credit
+        self._child(self.attributed_list_events, variant, event).inc()
+        for source in sources:
+            self._child(self.attributed_events, source, variant, event).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
