@@ -48,6 +48,26 @@ def test_outage_degrades_quickly_and_never_crashes_a_read() -> None:
     assert isinstance(StateUnavailable("x"), CandgenError)
 
 
+def test_a_hung_redis_costs_one_timeout_then_fails_fast() -> None:
+    with socket.socket() as hung:  # accepts TCP connections (kernel backlog) but never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        store = RedisStore(f"redis://127.0.0.1:{hung.getsockname()[1]}/0", prefix="hung",
+                           socket_timeout_s=0.2, retry_after_s=5)
+        t0 = time.perf_counter()
+        assert store.cache("L1").get("u") is None  # waits for the 0.2 s timeout once
+        first = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for _ in range(20):  # a burst of requests while the breaker is open: no network at all
+            assert store.cache("L1").get("u") is None
+            with pytest.raises(StateUnavailable, match="not retrying yet"):
+                store.read_since(None)
+        burst = time.perf_counter() - t1
+        assert 0.15 < first < 1.0 and burst < 0.1
+        assert store.cache("L1").stats()["errors"] == 21
+        store.close()
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A private redis-server we may stop and restart (the shared one must stay up for everyone)."""
@@ -91,7 +111,10 @@ def test_reconnects_when_redis_comes_back(own_redis: tuple[int, Path]) -> None:
         assert store.health() is False
         assert store.cache("L1").get("u") is None
         proc = start_redis(port, workdir)  # AOF brings the stream back
-        assert store.cache("L1").get("u") == b"x"
+        t0 = time.monotonic()
+        while store.cache("L1").get("u") != b"x":  # the breaker retries within retry_after_s (1 s)
+            assert time.monotonic() - t0 < 3, "no reconnection"
+            time.sleep(0.05)
         store.append([Record(kind="event", data={"n": 2})])
         records, _ = store.read_since(None)
         assert [r.data["n"] for r in records] == [1, 2] and records[0].seq == first[0]

@@ -16,10 +16,14 @@ nothing: it replays the stream, which only `trim` (after a snapshot) shortens.
 Redis being down never crashes a request: cache reads return None and writes are skipped (both count an
 error), `health()` is False, and `append`/`read_since` raise `StateUnavailable` (HTTP 503 for writes;
 the engine serves reads from what it has). Socket timeouts are short (0.5 s) and commands are not
-retried, so an outage costs at most about a second, and a retry can never append a record twice.
-redis-py checks a pooled connection before reuse and reconnects, so service resumes by itself when
-Redis comes back. Hit/miss/error counters are kept per worker process (not in Redis: an INCR per
-lookup would double the round trips); Prometheus sums them over workers.
+retried (a retry could append a record twice). After a connection failure or timeout the store fails
+fast for `retry_after_s` (1 s) without touching the network (a circuit breaker), so a Redis that hangs
+costs one timeout per second per worker, not one per request. redis-py checks a pooled connection
+before reuse and reconnects, so service resumes by itself within a second of Redis coming back
+(`health()` always probes, and closes the breaker when Redis answers).
+
+Hit/miss/error counters are kept per worker process (not in Redis: an INCR per lookup would double the
+round trips); Prometheus sums them over workers.
 `Cache.clear()` deletes the level's keys with SCAN MATCH + UNLINK (keys expire anyway, but a model swap
 must not serve the old model's lists); it scans the node holding the hash tag's slot.
 """
@@ -27,8 +31,9 @@ must not serve the old model's lists); it scans the node holding the hash tag's 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -61,6 +66,31 @@ return 0
 """
 
 
+T = TypeVar("T")
+
+
+class Breaker:
+    """Fail fast for `pause_s` after a connection failure or timeout (shared by a store and its caches)."""
+
+    def __init__(self, pause_s: float) -> None:
+        self.pause_s, self.until = pause_s, 0.0
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if time.monotonic() < self.until:
+            raise redis.ConnectionError(f"Redis failed less than {self.pause_s:g} s ago; not retrying yet")
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.trip()
+            raise
+
+    def trip(self) -> None:
+        self.until = time.monotonic() + self.pause_s
+
+    def reset(self) -> None:
+        self.until = 0.0
+
+
 def hash_tag(prefix: str) -> str:
     """`shop` -> `{shop}`: the Redis Cluster hash tag every key of the store starts with."""
     if not prefix:
@@ -83,8 +113,8 @@ def _safe(url: str) -> str:
 class RedisCache(Cache):
     """One level's keys in Redis; per-process hit/miss/error counters; failures are misses, never errors."""
 
-    def __init__(self, level: str, client: redis.Redis, tag: str) -> None:
-        self.level, self._r = level, client
+    def __init__(self, level: str, client: redis.Redis, tag: str, breaker: Breaker) -> None:
+        self.level, self._r, self._b = level, client, breaker
         self._prefix = f"{tag}:{level}:"
         self._lock = threading.Lock()
         self.hits = self.misses = self.errors = 0
@@ -97,7 +127,7 @@ class RedisCache(Cache):
 
     def get(self, key: str) -> bytes | None:
         try:
-            value: Any = self._r.get(self._prefix + key)
+            value: Any = self._b.call(self._r.get, self._prefix + key)
         except redis.RedisError:
             self._count(misses=1, errors=1)
             return None
@@ -108,7 +138,7 @@ class RedisCache(Cache):
         if not keys:
             return []
         try:
-            values: Any = self._r.mget([self._prefix + k for k in keys])
+            values: Any = self._b.call(self._r.mget, [self._prefix + k for k in keys])
         except redis.RedisError:
             self._count(misses=len(keys), errors=1)
             return [None] * len(keys)
@@ -119,7 +149,7 @@ class RedisCache(Cache):
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
         ms = max(1, int(check_ttl(ttl_s) * 1000))
         try:
-            self._r.set(self._prefix + key, bytes(value), px=ms)
+            self._b.call(self._r.set, self._prefix + key, bytes(value), px=ms)
         except redis.RedisError:
             self._count(errors=1)
 
@@ -127,15 +157,18 @@ class RedisCache(Cache):
         if not keys:
             return
         try:
-            self._r.unlink(*[self._prefix + k for k in keys])
+            self._b.call(self._r.unlink, *[self._prefix + k for k in keys])
         except redis.RedisError:
             self._count(errors=1)
 
+    def _clear(self) -> None:
+        found = self._r.scan_iter(match=_glob_escape(self._prefix) + "*", count=1000)
+        for batch in chunks((k.decode() if isinstance(k, bytes) else k for k in found), 500):
+            self._r.unlink(*batch)
+
     def clear(self) -> None:
         try:
-            found = self._r.scan_iter(match=_glob_escape(self._prefix) + "*", count=1000)
-            for batch in chunks((k.decode() if isinstance(k, bytes) else k for k in found), 500):
-                self._r.unlink(*batch)
+            self._b.call(self._clear)
         except redis.RedisError:
             self._count(errors=1)
 
@@ -149,7 +182,8 @@ class RedisStore(StateStore):
     """The log as the stream `{prefix}:log`, caches as `{prefix}:<level>:<key>`; a pooled redis-py client."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "candgen", worker_id: str = "redis",
-                 cache_config: CacheConfig | None = None, socket_timeout_s: float = 0.5) -> None:
+                 cache_config: CacheConfig | None = None, socket_timeout_s: float = 0.5,
+                 retry_after_s: float = 1.0) -> None:
         self.tag = hash_tag(prefix)
         self.url, self.worker_id = url, worker_id
         parts = urlsplit(url)
@@ -166,7 +200,8 @@ class RedisStore(StateStore):
         self._log = f"{self.tag}:log"
         self._lease = self._r.register_script(_LEASE_LUA)
         self._append = self._r.register_script(_APPEND_LUA)
-        self._caches = {lv: RedisCache(lv, self._r, self.tag) for lv in ("L1", "L2", "L3")}
+        self._b = Breaker(retry_after_s)
+        self._caches = {lv: RedisCache(lv, self._r, self.tag, self._b) for lv in ("L1", "L2", "L3")}
         self._closed = False
 
     def _unavailable(self, what: str, e: Exception) -> StateUnavailable:
@@ -185,7 +220,7 @@ class RedisStore(StateStore):
         if not args:
             return []
         try:
-            ids: Any = self._append(keys=[self._log], args=args)
+            ids: Any = self._b.call(self._append, keys=[self._log], args=args)
         except redis.RedisError as e:
             raise self._unavailable("append to", e) from None
         seqs = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
@@ -198,7 +233,7 @@ class RedisStore(StateStore):
         check_limit(limit)
         start = "-" if not cursor else "(" + cursor  # "(" makes the start exclusive (Redis >= 6.2)
         try:
-            rows: Any = self._r.xrange(self._log, min=start, max="+", count=limit)
+            rows: Any = self._b.call(self._r.xrange, self._log, min=start, max="+", count=limit)
         except redis.ResponseError as e:
             raise CandgenError(f"bad state cursor {cursor!r}: expected a seq returned by this store ({e})") from None
         except redis.RedisError as e:
@@ -212,7 +247,7 @@ class RedisStore(StateStore):
     def tail_cursor(self) -> str | None:
         self._check_open()
         try:
-            rows: Any = self._r.xrevrange(self._log, max="+", min="-", count=1)
+            rows: Any = self._b.call(self._r.xrevrange, self._log, max="+", min="-", count=1)
         except redis.RedisError as e:
             raise self._unavailable("read from", e) from None
         return rows[0][0].decode() if rows else None
@@ -223,7 +258,7 @@ class RedisStore(StateStore):
         if not (ms.isdigit() and n.isdigit()):
             raise CandgenError(f"bad state cursor {upto!r}: expected a seq returned by this store")
         try:  # XTRIM MINID deletes ids below its argument: the id right after `upto`
-            return int(self._r.xtrim(self._log, minid=f"{ms}-{int(n) + 1}", approximate=False))
+            return int(self._b.call(self._r.xtrim, self._log, minid=f"{ms}-{int(n) + 1}", approximate=False))
         except redis.RedisError as e:
             raise self._unavailable("trim", e) from None
 
@@ -234,7 +269,7 @@ class RedisStore(StateStore):
         """One holder at a time across workers: `SET {prefix}:lease:<name> <worker> PX ttl` unless someone
         else holds it (the holder renews). False when Redis is down (no job runs then)."""
         try:
-            got = self._lease(keys=[f"{self.tag}:lease:{name}"],
+            got = self._b.call(self._lease, keys=[f"{self.tag}:lease:{name}"],
                               args=[self.worker_id, max(1, int(check_ttl(ttl_s) * 1000))])
         except redis.RedisError:
             return False
@@ -248,9 +283,12 @@ class RedisStore(StateStore):
         if self._closed:
             return False
         try:
-            return bool(self._r.ping())
+            ok = bool(self._r.ping())  # always probes, even while the breaker is open
         except redis.RedisError:
+            self._b.trip()
             return False
+        self._b.reset()
+        return ok
 
     def delete_all(self) -> int:
         """Delete every key of this store (the log, caches, leases): tests and `reset` tooling."""
