@@ -78,6 +78,33 @@ def test_an_outage_degrades_reads_and_fails_writes() -> None:
     seen: list[Record] = []
     f = LogFollower(Down(), seen.append)
     assert f.catch_up() == -1 and f.read_errors == 1
+    assert f.catch_up() == -1 and f.read_errors == 2  # a failed read is never shared
     with pytest.raises(StateUnavailable):
         f.write([item(1)])
     assert seen == []  # nothing applied that was not durable
+
+
+def test_requests_queued_behind_a_read_share_it() -> None:
+    import threading
+    import time
+
+    class Slow(MemoryStore):
+        def read_since(self, cursor: str | None, limit: int = 10_000) -> tuple[list[Record], str | None]:
+            time.sleep(0.05)  # a slow round trip: other requests queue behind the lock
+            return super().read_since(cursor, limit)
+
+    store = Slow(worker_id="me")
+    other = Record(kind="item", data={"item_id": "x"}, origin="other")
+    store.append([other])
+    seen: list[Record] = []
+    f = LogFollower(store, seen.append)
+    threads = [threading.Thread(target=f.catch_up) for _ in range(8)]
+    for t in threads:
+        t.start()
+        time.sleep(0.005)
+    for t in threads:
+        t.join()
+    assert [r.data for r in seen] == [{"item_id": "x"}]
+    assert f.reads + f.shared_reads == 8 and f.reads < 8
+    f.catch_up()  # a request arriving after everything finished reads again
+    assert f.reads + f.shared_reads == 9
