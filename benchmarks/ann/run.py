@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from contestants import CandgenIndex, Contestant, Hnswlib, Milvus, RawFaiss, Usearch, _rss  # noqa: E402
 from data import dataset, ground_truth, recall_at_k  # noqa: E402
 
-ALL = ("hnsw", "hnswlib", "usearch", "ivf", "ivfpq", "milvus")
+# cheapest builds first: a run cut short still has the IVF, Milvus and FAISS HNSW rows
+ALL = ("ivf", "ivfpq", "milvus", "hnsw", "hnswlib", "usearch")
 
 
 def log(msg: str) -> None:
@@ -126,7 +128,8 @@ def main() -> None:
     ap.add_argument("--k", default="1000,100", help="comma-separated k values")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
-    ap.add_argument("--nlist", type=int, default=4096, help="IVF lists (candgen IVF, IVF-PQ and Milvus IVF)")
+    ap.add_argument("--nlist", type=int, default=0,
+                    help="IVF lists (candgen IVF, IVF-PQ and Milvus IVF); 0: 4096 at 1M, scaled by sqrt(n)")
     ap.add_argument("--milvus-index", default="IVF_FLAT", choices=("IVF_FLAT", "HNSW"),
                     help="index inside Milvus (HNSW builds ~7 min at 1M on 2 cores)")
     ap.add_argument("--milvus-uri", default="", help="use a running server instead of the embedded one")
@@ -146,19 +149,24 @@ def main() -> None:
                         key=f"mixture-v1|n={args.n}|dim={args.dim}|nq={args.queries}|seed={args.seed}")
     log(f"exact truth (k={max(ks)}) in {time.perf_counter() - t:.1f} s (cache {args.cache_dir})")
 
-    nlist = min(args.nlist, args.n // 39)
-    plans: list[tuple[str, Any]] = [
-        ("hnsw", lambda: CandgenIndex("hnsw", "HNSW M32", args.dim, m=32, ef_construction=200, ef_search=1000)),
-        ("hnswlib", lambda: Hnswlib(args.dim)),
-        ("usearch", lambda: Usearch(args.dim)),
-        ("ivf", lambda: CandgenIndex("ivf", f"IVF{nlist},Flat", args.dim, nlist=nlist, nprobe=64)),
-        ("ivfpq", lambda: CandgenIndex("ivfpq", f"IVF{nlist},PQ32+rerank", args.dim, nlist=nlist, nprobe=64,
-                                       pq_m=32, rerank_factor=4)),
-    ]
+    # the reference setting is IVF4096 at 1M items; lists of the same average size at other n
+    # would be too many, so scale with sqrt(n) (FAISS's rule of thumb), at least 39 points per list
+    nlist = min(args.nlist or round(4096 * math.sqrt(args.n / 1e6)), args.n // 39)
+    plans: dict[str, Any] = {
+        "hnsw": lambda: CandgenIndex("hnsw", "HNSW M32", args.dim, m=32, ef_construction=200, ef_search=1000),
+        "hnswlib": lambda: Hnswlib(args.dim),
+        "usearch": lambda: Usearch(args.dim),
+        "ivf": lambda: CandgenIndex("ivf", f"IVF{nlist},Flat", args.dim, nlist=nlist, nprobe=64),
+        "ivfpq": lambda: CandgenIndex("ivfpq", f"IVF{nlist},PQ32+rerank", args.dim, nlist=nlist, nprobe=64,
+                                      pq_m=32, rerank_factor=4),
+    }
     rows: list[dict[str, Any]] = []
-    for key, make in plans:
-        if key not in only:
+    for key in (k for k in ALL if k in only):
+        report(args, rows, final=False)  # what is done so far survives a run cut short
+        if key == "milvus":
+            rows += run_milvus(args, x, q, truth, ks, nlist)
             continue
+        make = plans[key]
         c = make()
         log(f"building {c.name} ...")
         gc.collect()
@@ -179,15 +187,19 @@ def main() -> None:
         del c
         gc.collect()
 
-    if "milvus" in only:
-        rows += run_milvus(args, x, q, truth, ks, nlist)
+    report(args, rows, final=True)
 
-    print(f"\nANN benchmark: n={args.n:,} dim={args.dim} queries={len(q)} seed={args.seed}\n")
-    print(markdown(rows))
-    for line in overheads(rows):
-        print(f"- {line}")
+
+def report(args: Any, rows: list[dict[str, Any]], *, final: bool) -> None:
+    """The table on stdout (final) and, with --out, JSON plus a markdown copy (also after each contestant)."""
+    text = "\n".join([f"ANN benchmark: n={args.n:,} dim={args.dim} queries={args.queries} seed={args.seed}", "",
+                      markdown(rows), "", *(f"- {line}" for line in overheads(rows))])
+    if final:
+        print("\n" + text)
     if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+                                        "complete": final}, indent=2))
+        args.out.with_suffix(".md").write_text(text + "\n")
 
 
 def run_milvus(args: Any, x: np.ndarray, q: np.ndarray, truth: np.ndarray, ks: list[int],
