@@ -170,6 +170,7 @@ def test_hash_tag_and_url_errors() -> None:
     with pytest.raises(CandgenError, match="cannot reach") as e:
         open_state(f"redis://user:secret@127.0.0.1:{free_port()}/0")
     assert "secret" not in str(e.value)
+    assert "secret" not in RedisStore("redis://:secret@127.0.0.1:6379/0").url
 
 
 @pytest.mark.parametrize(("ci", "outcome"), [("true", "1 error"), ("", "1 skipped")])

@@ -185,7 +185,7 @@ class RedisStore(StateStore):
                  cache_config: CacheConfig | None = None, socket_timeout_s: float = 0.5,
                  retry_after_s: float = 1.0) -> None:
         self.tag = hash_tag(prefix)
-        self.url, self.worker_id = url, worker_id
+        self.url, self.worker_id = _safe(url), worker_id  # never show a password in logs
         parts = urlsplit(url)
         if parts.scheme in ("redis", "rediss") and not (parts.path.strip("/") or "0").isdigit():
             raise CandgenError(f"bad redis state URL {_safe(url)!r}: the path must be a database number, like /0")
@@ -205,11 +205,11 @@ class RedisStore(StateStore):
         self._closed = False
 
     def _unavailable(self, what: str, e: Exception) -> StateUnavailable:
-        return StateUnavailable(f"state backend unavailable: cannot {what} Redis at {_safe(self.url)}: {e}")
+        return StateUnavailable(f"state backend unavailable: cannot {what} Redis at {self.url}: {e}")
 
     def _check_open(self) -> None:
         if self._closed:
-            raise CandgenError(f"state store {_safe(self.url)} is closed")
+            raise CandgenError(f"state store {self.url} is closed")
 
     def append(self, records: list[Record]) -> list[str]:
         self._check_open()
