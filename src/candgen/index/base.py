@@ -57,19 +57,26 @@ class ReadWriteLock:
         self._writer = False
         self._writers_waiting = 0
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
+    def acquire_read(self) -> None:
+        """Shared acquire; pair with `release_read` in try/finally (cheaper than `read()` on hot paths)."""
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
+                self._cond.notify_all()
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        self.acquire_read()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+            self.release_read()
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -162,10 +169,13 @@ class VectorIndex(abc.ABC):
             a = a[None, :]
         if a.ndim != 2 or a.shape[1] != self.dim:
             raise ValueError(f"{what} must have shape (n, {self.dim}), got {a.shape}")
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"{what} must be numeric, got dtype {a.dtype}")
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        if a.size and not np.isfinite(a).all():
+        if a.dtype != np.float32:  # the common case skips the slower dtype checks
+            if not np.issubdtype(a.dtype, np.number):
+                raise ValueError(f"{what} must be numeric, got dtype {a.dtype}")
+            a = a.astype(np.float32)
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        if a.size and not np.isfinite(a.sum()) and not np.isfinite(a).all():
             bad = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])
             raise ValueError(f"{what} row {bad} contains NaN or infinite values")
         return a

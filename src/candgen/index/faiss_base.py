@@ -72,7 +72,9 @@ class FaissIndex(VectorIndex):
         self.compact_fraction = float(compact_fraction)
         self._lock = ReadWriteLock()
         self._index: Any = self._new_faiss_index()
-        self._ext = np.full(0, -1, dtype=np.int64)  # slot -> item id (-1: free or tombstone)
+        # slot -> item id (-1: free or tombstone). Always one spare -1 past the last used slot, so
+        # `_ext[slots]` maps FAISS's -1 ("no result") to -1 without a mask (hot path of search)
+        self._ext = np.full(1, -1, dtype=np.int64)
         self._slot_of = np.full(0, -1, dtype=np.int64)  # item id -> slot (-1: absent)
         self._bitmap = np.zeros(0, dtype=np.uint8)  # live slots, LSB-first as IDSelectorBitmap reads it
         self._n_slots = 0  # slots handed out so far (high-water mark)
@@ -181,7 +183,7 @@ class FaissIndex(VectorIndex):
                 fresh = np.arange(self._n_slots, self._n_slots + n_new - len(take), dtype=np.int64)
                 slots[~replaced] = np.concatenate([np.asarray(take, dtype=np.int64), fresh])
             hi = int(slots.max()) + 1
-            self._ext = _grow(self._ext, hi, -1)
+            self._ext = _grow(self._ext, hi + 1, -1)
             self._bitmap = _grow(self._bitmap, (hi + 7) // 8, 0)
             self._store_vectors(v, slots)
             self._faiss_add(v, slots)
@@ -242,7 +244,7 @@ class FaissIndex(VectorIndex):
         vectors = self._reconstruct_slots(live) if len(live) else np.zeros((0, self.dim), np.float32)
         ids = self._ext[live].copy()
         self._index = self._new_faiss_index()
-        self._ext = np.full(len(ids), -1, dtype=np.int64)
+        self._ext = np.full(len(ids) + 1, -1, dtype=np.int64)
         self._slot_of[:] = -1
         self._bitmap = np.zeros((len(ids) + 7) // 8, dtype=np.uint8)
         self._n_slots = self._count = self._dead = 0
@@ -253,7 +255,7 @@ class FaissIndex(VectorIndex):
                 self._train(vectors)
             self._store_vectors(vectors, slots)
             self._faiss_add(vectors, slots)
-            self._ext[:] = ids
+            self._ext[: len(ids)] = ids
             self._slot_of[ids] = slots
             np.bitwise_or.at(self._bitmap, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
             self._n_slots = self._count = len(ids)
@@ -292,29 +294,35 @@ class FaissIndex(VectorIndex):
         q = self._check_vectors(queries, "queries")
         k = self._check_k(k)
         excl = self._check_exclude(exclude, q.shape[0])
+        self._lock.acquire_read()
+        try:
+            return self._search_locked(q, k, excl)
+        finally:
+            self._lock.release_read()
+
+    def _search_locked(self, q: np.ndarray, k: int, excl: list[np.ndarray] | None) -> BatchCandidates:
         nq = q.shape[0]
-        with self._lock.read():
-            if nq == 0 or self._count == 0:
-                return BatchCandidates(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32))
-            faiss.omp_set_num_threads(1 if nq == 1 else self.threads)
-            base_sel = faiss.IDSelectorBitmap(self._n_slots, faiss.swig_ptr(self._bitmap)) if self._dead else None
-            if excl is None:
-                want = np.full(nq, min(k, self._count))
-                scores, slots = self._faiss_search(q, int(want[0]), base_sel)
-                return self._finish(q, k, scores, slots, want, None, base_sel)
-            ex_slots = [self._present_slots(e) for e in excl]
-            want = np.array([min(k, self._count - len(s)) for s in ex_slots])
-            if nq == 1:
-                sel = self._exclude_selector(ex_slots[0], base_sel)
-                scores, slots = self._faiss_search(q, max(int(want[0]), 1), sel)
-                return self._finish(q, k, scores, slots, want, ex_slots, base_sel)
-            fetch = min(k + max(len(s) for s in ex_slots), self._count)
-            scores, slots = self._faiss_search(q, fetch, base_sel)
-            slots = np.array(slots)  # writable copy to mark excluded entries
-            for i, s in enumerate(ex_slots):
-                if len(s):
-                    slots[i, np.isin(slots[i], s)] = -1
+        if nq == 0 or self._count == 0:
+            return BatchCandidates(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32))
+        faiss.omp_set_num_threads(1 if nq == 1 else self.threads)
+        base_sel = faiss.IDSelectorBitmap(self._n_slots, faiss.swig_ptr(self._bitmap)) if self._dead else None
+        if excl is None:
+            want = np.full(nq, min(k, self._count))
+            scores, slots = self._faiss_search(q, int(want[0]), base_sel)
+            return self._finish(q, k, scores, slots, want, None, base_sel)
+        ex_slots = [self._present_slots(e) for e in excl]
+        want = np.array([min(k, self._count - len(s)) for s in ex_slots])
+        if nq == 1:
+            sel = self._exclude_selector(ex_slots[0], base_sel)
+            scores, slots = self._faiss_search(q, max(int(want[0]), 1), sel)
             return self._finish(q, k, scores, slots, want, ex_slots, base_sel)
+        fetch = min(k + max(len(s) for s in ex_slots), self._count)
+        scores, slots = self._faiss_search(q, fetch, base_sel)
+        slots = np.array(slots)  # writable copy to mark excluded entries
+        for i, s in enumerate(ex_slots):
+            if len(s):
+                slots[i, np.isin(slots[i], s)] = -1
+        return self._finish(q, k, scores, slots, want, ex_slots, base_sel)
 
     # ---- search internals ---------------------------------------------------------------------
     def _present_slots(self, ids: np.ndarray) -> np.ndarray:
@@ -334,13 +342,12 @@ class FaissIndex(VectorIndex):
         ex_slots: list[np.ndarray] | None, base_sel: Any,
     ) -> BatchCandidates:
         """Map slots to item ids, compact each row to its valid hits, pad, and complete short rows."""
-        slots = np.asarray(slots)
-        ids = np.where(slots >= 0, self._ext[np.maximum(slots, 0)], -1)
+        ids = self._ext[slots]  # -1 stays -1 via the spare slot
+        if ids.shape[1] >= k and ids[:, :k].min() >= 0:
+            return BatchCandidates(ids[:, :k], scores[:, :k])  # the common case: nothing to fix
         scores = np.asarray(scores, dtype=np.float32)
         valid = ids >= 0
         nq = len(q)
-        if valid.shape[1] >= k and valid[:, :k].all():
-            return BatchCandidates(ids[:, :k], scores[:, :k])  # the common case: nothing to fix
         out_ids = np.full((nq, k), -1, dtype=np.int64)
         out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
         for i in range(nq):
@@ -400,7 +407,7 @@ class FaissIndex(VectorIndex):
         if ntotal != int((ext >= 0).sum()) + int(metadata.get("tombstones", 0)):
             warnings.warn(f"{path}: FAISS holds {ntotal} vectors but ids.npy maps "
                           f"{int((ext >= 0).sum())} (+{metadata.get('tombstones', 0)} tombstones)", stacklevel=2)
-        obj._ext = ext
+        obj._ext = np.append(ext, -1)  # the spare -1 slot (see __init__)
         obj._n_slots = len(ext)
         live = np.flatnonzero(ext >= 0)
         obj._slot_of = np.full(int(ext.max(initial=-1)) + 1, -1, dtype=np.int64)
