@@ -8,6 +8,7 @@ seen + hidden) at k=1000, and cold start answers anonymous users with interests.
     .venv/bin/python benchmarks/sources.py                              # 1M items, 5M events, IVF index
     .venv/bin/python benchmarks/sources.py --interactions 20000000      # the 1M x 20M build-time check
     .venv/bin/python benchmarks/sources.py --index none                 # skip collaborative / similarity
+    .venv/bin/python benchmarks/sources.py --index-dir /tmp/ivf_1m      # reuse the IVF index (its build is minutes)
 
 Collaborative uses a stand-in user encoder (weighted mean of the history's item vectors, a few µs) so the
 figure is the source's own cost plus the ANN search; the real user tower adds its own time.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,27 +113,33 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--index", choices=["ivf", "flat", "hnsw", "none"], default="ivf")
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--index-dir", help="load the index from here if it exists, else build and save it there")
     a = ap.parse_args()
 
     t = time.perf_counter()
     ds, now = make_dataset(a.items, a.users, a.interactions)
     print(f"dataset: {a.items:,} items, {a.users:,} users, {a.interactions:,} events ({time.perf_counter() - t:.1f} s)")
     config = Config()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     state = build_state(ds, config=config, now=now)
-    print(f"build_state: {time.perf_counter() - t:.1f} s")
+    print(f"build_state: {time.perf_counter() - t:.1f} s wall, {time.process_time() - cpu:.1f} s CPU (all threads)")
 
     index = vectors = None
     if a.index != "none":
-        from candgen.index.registry import choose_index
+        from candgen.index.registry import choose_index, load_index
 
         rng = np.random.default_rng(1)
         vectors = rng.normal(size=(a.items, a.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         t = time.perf_counter()
-        index = choose_index(a.items, a.dim, IndexConfig(backend=a.index, ivf_nprobe=64))
-        index.add(vectors, np.arange(a.items, dtype=np.int64))
-        print(f"index ({index.kind}): {time.perf_counter() - t:.1f} s")
+        if a.index_dir and Path(a.index_dir).exists():
+            index = load_index(a.index_dir)
+        else:
+            index = choose_index(a.items, a.dim, IndexConfig(backend=a.index, ivf_nprobe=64))
+            index.add(vectors, np.arange(a.items, dtype=np.int64))
+            if a.index_dir:
+                index.save(a.index_dir)
+        print(f"index ({index.kind}, {len(index):,} vectors): {time.perf_counter() - t:.1f} s")
     sources = make_sources(state, config=config, model=MeanEncoder(a.dim) if index is not None else None,
                            index=index, item_vectors=vectors)
 

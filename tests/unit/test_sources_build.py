@@ -125,3 +125,21 @@ def test_splice_rows_replaces_and_extends_rows():
     assert rows == [[1, 2], [9], [3, 4, 5], [], [7, 8]]
     p, v = splice_rows(ptr, vals, 3, {})
     assert p.tolist() == ptr.tolist() and v.tolist() == vals.tolist()
+
+
+def test_build_reports_progress_and_single_thread_matches():
+    from candgen.types import Progress
+
+    class Count(Progress):
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def advance(self, name: str, n: float = 1, **fields: object) -> None:
+            self.steps += int(n)
+
+    p = Count()
+    ds = _dataset()
+    a = build_state(ds, config=Config(), progress=p)
+    b = build_state(ds, config=Config(), threads=1)
+    assert p.steps == 6
+    assert a.trending.top(5, now=6 * H).ids.tolist() == b.trending.top(5, now=6 * H).ids.tolist()

@@ -156,3 +156,12 @@ def test_trending_source_blends_global_with_the_users_segments():
     assert [k for k, _ in src.segments_for(sport_fan)] == [None, "category=sport"]
     catalog.delete(2)
     assert 2 not in src.retrieve(br, 3).ids
+
+
+def test_bulk_build_ignores_events_beyond_the_horizon():
+    tc = TrendingCounter.from_events(
+        items=np.array([0, 1]), weights=np.array([1.0, 1.0]), timestamps=np.array([-41 * H, -39 * H]),
+        half_life_hours=1.0, now=0.0, segment_codes={"country": (np.array([0, 0]), ["US"])},
+    )
+    assert tc.top(5, now=0.0).ids.tolist() == [1]
+    assert tc.top(5, "country=US", now=0.0).ids.tolist() == [1]

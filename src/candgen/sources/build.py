@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from candgen.sources.content import ContentSource, TagIndex
 from candgen.sources.newitems import NewItemBandit, NewItemSource
 from candgen.sources.social import SocialGraph, SocialSource
 from candgen.sources.trending import SEGMENT_ATTRIBUTES, TrendingCounter, TrendingSource, segment_key
+from candgen.types import NO_PROGRESS, Progress
 
 FORMAT_VERSION = 1
 NEGATIVE = {"hide", "dislike", "block"}
@@ -104,27 +106,42 @@ def _last_time(ds: Dataset) -> float:
     return float(ds.interactions.timestamp[-1]) if len(ds.interactions) else 0.0
 
 
-def build_state(ds: Dataset, *, config: Config, now: float | None = None) -> SourceState:
-    """Every structure from a dataset's log and catalog (vectorised); `now` defaults to the last event."""
+def build_state(
+    ds: Dataset, *, config: Config, now: float | None = None, threads: int = 2, progress: Progress = NO_PROGRESS,
+) -> SourceState:
+    """Every structure from a dataset's log and catalog (vectorised); `now` defaults to the last event.
+
+    The structures are built on `threads` threads at once: their work is numpy sorts and gathers, which
+    release the GIL. Progress: one task "sources" advancing once per structure."""
     now = _last_time(ds) if now is None else float(now)
     sc, ev = config.sources, config.events
     catalog = Catalog.from_dataset(ds)
-    popularity = SegmentPopularity.from_dataset(ds, events=ev, half_life_hours=sc.popular_half_life_hours,
-                                               now=now)
+    jobs: dict[str, Callable[[], Any]] = {
+        "popularity": lambda: SegmentPopularity.from_dataset(
+            ds, events=ev, half_life_hours=sc.popular_half_life_hours, now=now),
+        "activity": lambda: RecentActivity.from_dataset(ds, events=ev, capacity=sc.recent_history, now=now),
+        "trending": lambda: TrendingCounter.from_dataset(
+            ds, events=ev, half_life_hours=sc.trending_half_life_hours, now=now),
+        "social": lambda: SocialGraph.from_dataset(ds),
+        "bandit": lambda: NewItemBandit.from_dataset(
+            ds, events=ev, budget=sc.new_item_budget, max_age_hours=sc.new_item_max_age_hours, now=now),
+    }
+    progress.task("sources", total=len(jobs) + 1)
+    built: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="candgen-build") as pool:
+        futures = {pool.submit(fn): name for name, fn in jobs.items()}
+        for fut in as_completed(futures):
+            built[futures[fut]] = fut.result()
+            progress.advance("sources", 1)
+    popularity: SegmentPopularity = built["popularity"]
     all_time = np.zeros(ds.n_items, np.float64)
     glob = popularity.counter.top(ds.n_items, now=now)  # an O(n) pass once at build time
     all_time[glob.ids] = glob.scores
-    return SourceState(
-        catalog=catalog,
-        activity=RecentActivity.from_dataset(ds, events=ev, capacity=sc.recent_history, now=now),
-        trending=TrendingCounter.from_dataset(ds, events=ev, half_life_hours=sc.trending_half_life_hours, now=now),
-        popularity=popularity,
-        social=SocialGraph.from_dataset(ds),
-        tags=TagIndex.from_catalog(catalog, all_time),
-        bandit=NewItemBandit.from_dataset(ds, events=ev, budget=sc.new_item_budget,
-                                          max_age_hours=sc.new_item_max_age_hours, now=now),
-        events=ev,
-    )
+    tags = TagIndex.from_catalog(catalog, all_time)
+    progress.advance("sources", 1)
+    progress.done("sources")
+    return SourceState(catalog=catalog, activity=built["activity"], trending=built["trending"], popularity=popularity,
+                       social=built["social"], tags=tags, bandit=built["bandit"], events=ev)
 
 
 def make_sources(
@@ -150,11 +167,11 @@ def make_sources(
 
 def build_sources(
     ds: Dataset, *, config: Config, model: UserEncoder | None = None, index: VectorIndex | None = None,
-    item_vectors: VectorLookup = None, now: float | None = None,
+    item_vectors: VectorLookup = None, now: float | None = None, progress: Progress = NO_PROGRESS,
 ) -> SourceSet:
     """`make_sources(build_state(ds, ...), ...)`: a dict of sources whose `.state` `save_state` accepts."""
-    return make_sources(build_state(ds, config=config, now=now), config=config, model=model, index=index,
-                        item_vectors=item_vectors)
+    state = build_state(ds, config=config, now=now, progress=progress)
+    return make_sources(state, config=config, model=model, index=index, item_vectors=item_vectors)
 
 
 def save_state(state: SourceState | SourceSet, directory: str | Path) -> None:
