@@ -108,3 +108,21 @@ def test_popularity_round_trip(tmp_path, world):
     assert pop.top(20, attrs, now=0.0).ids.tolist() == back.top(20, attrs, now=0.0).ids.tolist()
     with pytest.raises(ArtifactError, match="popularity"):
         SegmentPopularity.load(tmp_path / "missing")
+
+
+def test_users_missing_an_attribute_count_only_at_the_levels_they_have():
+    from candgen.sources.trending import TrendingCounter
+
+    users = pl.DataFrame({"user_id": ["a", "b"], "age_group": ["18-24", "18-24"], "country": [None, "US"],
+                          "language": ["en", "en"]})
+    inter = pl.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["x", "x", "y"], "timestamp": [0, 0, 0]})
+    ds = Dataset.from_frames(inter, None, users)
+    pop = SegmentPopularity.from_dataset(ds, events=EventsConfig(), half_life_hours=720.0, now=0.0)
+    x, y = ds.items.get("x"), ds.items.get("y")
+    assert pop.counter.top(5, "age_group=18-24", now=0.0).ids.tolist() == [x, y]
+    assert pop.counter.top(5, "age_group|country=18-24|US", now=0.0).ids.tolist() == [y]
+    assert "age_group|country|language=18-24|US|en" in pop.counter.segments
+    tc = TrendingCounter.from_dataset(ds, events=EventsConfig(), half_life_hours=6.0, now=0.0)
+    assert tc.top(5, "country=US", now=0.0).ids.tolist() == [y]
+    assert tc.top(5, "language=en", now=0.0).ids.tolist() == [x, y]
+    assert tc.top(5, now=0.0).scores.tolist() == [2.0, 1.0]

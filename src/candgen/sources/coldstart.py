@@ -25,7 +25,7 @@ from candgen.errors import ArtifactError
 from candgen.sources.base import CandidateSource, UserContext, isin, sum_by_id, thread_rng, top_k, union
 from candgen.sources.catalog import Catalog
 from candgen.sources.content import TagIndex
-from candgen.sources.trending import TrendingCounter, segment_key
+from candgen.sources.trending import SegmentRows, TrendingCounter, segment_key
 from candgen.types import Candidates
 
 COLD_ATTRIBUTES = ("age_group", "country", "language")
@@ -98,24 +98,19 @@ class SegmentPopularity:
         ds: Dataset, *, events: EventsConfig, half_life_hours: float, now: float,
         attributes: Sequence[str] = COLD_ATTRIBUTES, max_items_per_segment: int | None = 20_000,
     ) -> SegmentPopularity:
-        inter = ds.interactions
-        w = inter.weights(events)
-        w = np.where(inter.timestamp <= now, w, np.float32(0))
+        rows = SegmentRows.from_dataset(ds, events=events, half_life_hours=half_life_hours, now=now,
+                                        attributes=attributes)
+        usable = 0  # prefixes stop at the first attribute the dataset does not have
+        while usable < len(rows.attributes) and rows.attributes[usable][0] == attributes[usable]:
+            usable += 1
         codes: dict[str, tuple[np.ndarray, Sequence[str]]] = {}
-        combo = np.zeros(ds.n_users, np.int64)
-        vocabs: list[list[str]] = []
-        for n, a in enumerate(attributes, start=1):
-            cat = ds.user_attributes.get(a)
-            if cat is None or not len(cat.vocab):
+        for n in range(1, usable + 1):
+            vocabs = [c.vocab.ids() for _, c in rows.attributes[:n]]
+            if any(not v for v in vocabs):
                 break
-            vocabs.append(cat.vocab.ids())
-            c = cat.codes.astype(np.int64)
-            combo = np.where((combo >= 0) & (c >= 0), combo * len(cat.vocab) + c, -1)
-            codes["|".join(attributes[:n])] = (combo[inter.user], _ComboVocab(list(vocabs)))
-        counter = TrendingCounter.from_events(
-            items=inter.item, weights=w, timestamps=inter.timestamp, segment_codes=codes,
-            half_life_hours=half_life_hours, now=now, max_items_per_segment=max_items_per_segment,
-        )
+            codes["|".join(attributes[:n])] = (rows.prefix_code(n), _ComboVocab(vocabs))
+        counter = rows.counter(codes, half_life_hours=half_life_hours, now=now,
+                               max_items_per_segment=max_items_per_segment)
         return SegmentPopularity(counter, attributes=attributes)
 
     def save(self, directory: str | Path) -> None:
