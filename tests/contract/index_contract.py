@@ -45,9 +45,11 @@ def exact_top_k(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: in
 
 @cache
 def _recall_data(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = clustered(20_000, dim, clusters=200, seed=1)
-    q = clustered(40, dim, clusters=200, seed=1 + 1000)  # other points of the same clusters' family
-    q = x[np.random.default_rng(5).choice(len(x), 40, replace=False)] + 0.05 * q
+    # 20 wide clusters of ~1000: the top 100 is a small part of a cluster, so an ANN must rank
+    # within it (tight clusters of ~k points would make any ANN look perfect)
+    x = clustered(20_000, dim, clusters=20, noise=1.0, seed=1)
+    rng = np.random.default_rng(5)
+    q = x[rng.choice(len(x), 40, replace=False)] + 0.1 / np.sqrt(dim) * rng.standard_normal((40, dim))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     return x, np.arange(len(x), dtype=np.int64) * 3 + 1, q.astype(np.float32)
 

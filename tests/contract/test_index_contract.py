@@ -19,18 +19,18 @@ class TestHNSWIndex(VectorIndexContract):
     tuned_params = {"ef_search": 77}
 
     def make(self, dim: int) -> VectorIndex:
-        return HNSWIndex(dim=dim, m=16, ef_construction=80, ef_search=128, threads=2)
+        return HNSWIndex(dim=dim, m=12, ef_construction=40, ef_search=128)
 
 
 class TestIVFIndex(VectorIndexContract):
     tuned_params = {"nprobe": 9}
 
     def make(self, dim: int) -> VectorIndex:
-        return IVFIndex(dim=dim, nlist=0, nprobe=32, threads=2)
+        return IVFIndex(dim=dim, nlist=0, nprobe=32)
 
 
 class TestIVFPQIndex(VectorIndexContract):
     tuned_params = {"nprobe": 9, "rerank_factor": 3}
 
     def make(self, dim: int) -> VectorIndex:
-        return IVFPQIndex(dim=dim, nlist=0, nprobe=32, pq_m=4, pq_nbits=6, rerank_factor=8, threads=2)
+        return IVFPQIndex(dim=dim, nlist=0, nprobe=32, pq_m=4, pq_nbits=6, rerank_factor=8)

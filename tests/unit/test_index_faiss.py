@@ -16,6 +16,7 @@ from candgen.config import IndexConfig
 from candgen.errors import ArtifactError, CandgenError
 from candgen.index import choose_index, load_index, open_index, update_search_params
 from candgen.index.base import ReadWriteLock
+from candgen.index.faiss_base import PARALLEL_MIN_QUERIES
 from candgen.index.flat import FlatIndex
 from candgen.index.hnsw import HNSWIndex
 from candgen.index.ivf import IVFIndex, IVFPQIndex, default_nlist
@@ -104,14 +105,16 @@ def test_untrained_ivf_saves_and_loads(tmp_path):
     assert len(loaded) == 100
 
 
-def test_threads_one_for_single_queries_and_configured_for_batches():
+def test_threads_one_for_single_queries_and_small_batches_configured_for_large_ones():
     idx = FlatIndex(dim=8, threads=2)
     x = clustered(50, 8)
     idx.add(x, np.arange(50))
     idx.search(x[:1], k=3)
     assert faiss.omp_get_max_threads() == 1
-    idx.search(x[:4], k=3)
+    idx.search(x[:PARALLEL_MIN_QUERIES], k=3)
     assert faiss.omp_get_max_threads() == 2
+    idx.search(x[:4], k=3)
+    assert faiss.omp_get_max_threads() == 1
 
 
 def test_read_write_lock_excludes_readers_during_a_write():

@@ -12,10 +12,13 @@ parameters are per call, not per query. Any row still short of `min(k, available
 that reached too few live vectors) is searched again with a widened probe (IVF: 4x nprobe per
 step up to nlist; HNSW: a scan of its flat storage), so the count is guaranteed.
 
-Threads: FAISS parallelises with OpenMP. `search` calls `faiss.omp_set_num_threads` right before
-the FAISS call: 1 thread for a single query (2 threads make one query 3-6x slower on a busy
-2-core box: OpenMP start-up and contention cost more than they save), `threads` for a batch and
-for `add`. The setting is per calling thread in libgomp, so concurrent callers do not fight.
+Threads: FAISS parallelises with OpenMP. `search` and `add` call `faiss.omp_set_num_threads`
+right before the FAISS call (`_omp_threads`): 1 thread for a single query or a small batch, and
+`threads` only for batches of at least `PARALLEL_MIN_QUERIES` queries or `PARALLEL_MIN_VECTORS`
+added vectors. On this busy 2-core machine class 2 threads make one query 3-6x slower, and a
+3-query batch or a 400-vector IVF-PQ build 10-40x slower (OpenMP threads spin waiting for a core
+another process holds). The setting is per calling thread in libgomp, so concurrent callers do
+not fight over it.
 
 Memory-mapped load (`mmap=True`) reads the FAISS file with `IO_FLAG_MMAP_IFC`, which in faiss 1.15
 maps the vector/code storage of IndexFlat (+IDMap2), IndexHNSWFlat, IndexIVFFlat and IndexIVFPQ, so
@@ -36,6 +39,8 @@ import numpy as np
 from candgen.index.base import Exclude, ReadWriteLock, VectorIndex, write_metadata
 from candgen.types import BatchCandidates
 
+PARALLEL_MIN_QUERIES = 32  # smaller batches search on 1 OpenMP thread (see the module docstring)
+PARALLEL_MIN_VECTORS = 2048  # smaller adds build on 1 OpenMP thread
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 _FAISS_EMPTY = -np.finfo(np.float32).max  # what FAISS returns as the score of a missing result
@@ -156,7 +161,8 @@ class FaissIndex(VectorIndex):
         """Add vectors under item ids; an id already present is replaced. Visible to the next search.
 
         Thread-safe: holds the exclusive lock, so it waits for running searches and blocks new ones
-        for its duration. Uses `threads` OpenMP threads. Trains the index on the first add if needed.
+        for its duration. Uses `threads` OpenMP threads from PARALLEL_MIN_VECTORS vectors on. Trains the
+        index on the first add if needed.
         """
         v = self._check_vectors(vectors)
         ids = self._check_ids(ids, v.shape[0])
@@ -164,7 +170,7 @@ class FaissIndex(VectorIndex):
             return
         with self._lock.write():
             self._copy_on_write()
-            faiss.omp_set_num_threads(self.threads)
+            faiss.omp_set_num_threads(self.threads if len(ids) >= PARALLEL_MIN_VECTORS else 1)
             if not self._is_trained():
                 self._train(v)
             self._slot_of = _grow(self._slot_of, int(ids.max()) + 1, -1)
@@ -288,8 +294,8 @@ class FaissIndex(VectorIndex):
         """Top-k item ids by inner product per query, exactly min(k, available) per row, -1/-inf padded.
 
         Thread-safe: shared lock; any number of searches run in parallel (FAISS releases the GIL)
-        and see each write either wholly or not at all. One query uses 1 OpenMP thread, a batch
-        uses `threads`.
+        and see each write either wholly or not at all. One query (or a batch below
+        PARALLEL_MIN_QUERIES) uses 1 OpenMP thread, a larger batch `threads`.
         """
         q = self._check_vectors(queries, "queries")
         k = self._check_k(k)
@@ -304,7 +310,7 @@ class FaissIndex(VectorIndex):
         nq = q.shape[0]
         if nq == 0 or self._count == 0:
             return BatchCandidates(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32))
-        faiss.omp_set_num_threads(1 if nq == 1 else self.threads)
+        faiss.omp_set_num_threads(self.threads if nq >= PARALLEL_MIN_QUERIES else 1)
         base_sel = faiss.IDSelectorBitmap(self._n_slots, faiss.swig_ptr(self._bitmap)) if self._dead else None
         if excl is None:
             want = np.full(nq, min(k, self._count))
