@@ -75,9 +75,8 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="candgen-source")
         self._fallback: tuple[float, str, Candidates] | None = None
         self._lock = threading.Lock()
-        self._cursor: str | None = None
-        self._catchup_lock = threading.Lock()
         self.state_errors = 0
+        self.follower: Any = None
         self.caches = ListCaches(store, runtime.config.cache)
         self._configure(runtime)
         if store is not None:
@@ -98,7 +97,7 @@ class Engine:
         if durable:
             from candgen.state import open_state
 
-            store = open_state(state_url, art_dir=art)
+            store = open_state(state_url, art_dir=art, cache_config=rt.config.cache)
         return Engine(rt, store=store, deadlines=deadlines)
 
     @staticmethod
@@ -167,36 +166,20 @@ class Engine:
     # -- the shared log --------------------------------------------------------------------------------
 
     def _replay(self, rt: Runtime) -> None:
-        """Apply every record of the log to a fresh runtime (start-up and reload)."""
-        store = self.store
-        if store is None:
-            return
-        cursor = None
-        while True:
-            records, new_cursor = store.read_since(cursor)
-            for r in records:
-                self._apply(rt, r.kind, r.data, own=False)
-            if not records or new_cursor == cursor:
-                break
-            cursor = new_cursor
-        self._cursor = cursor
+        """Start-up: apply every record of the log, then follow it for this runtime."""
+        from candgen.state.follow import LogFollower
+
+        assert self.store is not None
+        worker = self.store.worker_id
+        self.follower = LogFollower(self.store, lambda r: self._apply(self.rt, r.kind, r.data,
+                                                                      own=r.origin == worker))
+        self.follower.replay()
 
     def catch_up(self) -> None:
         """Apply what other workers wrote since our cursor: one cheap read when nothing is new. A failing
-        store is logged and counted; the request is served from what this worker has."""
-        if self.store is None:
-            return
-        with self._catchup_lock:
-            try:
-                records, cursor = self.store.read_since(self._cursor)
-            except CandgenError:
-                self.state_errors += 1
-                return
-            for r in records:
-                if r.origin != self.worker_id:
-                    self._apply(self.rt, r.kind, r.data, own=False)
-            if cursor is not None:
-                self._cursor = cursor
+        store is counted (`state_errors`); the request is served from what this worker has."""
+        if self.store is not None and self.follower.catch_up() < 0:
+            self.state_errors += 1
 
     def _apply(self, rt: Runtime, kind: str, data: dict[str, Any], *, own: bool) -> None:
         rt.apply(kind, data)
@@ -204,14 +187,20 @@ class Engine:
 
     def _write(self, kind: str, datas: list[dict[str, Any]]) -> None:
         """Durable first (the store's append), then applied here; other workers catch up from the log."""
-        if self.store is not None:
-            from candgen.state.base import Record
+        if self.store is None:
+            rt = self.rt
+            for d in datas:
+                self._apply(rt, kind, d, own=True)
+            return
+        from candgen.serve.protocol import EngineOverloadedError
+        from candgen.state.base import Record, StateUnavailable
 
-            self.catch_up()
-            self.store.append([Record(kind=kind, data=d, origin=self.worker_id, seq="") for d in datas])
-        rt = self.rt
-        for d in datas:
-            self._apply(rt, kind, d, own=True)
+        self.catch_up()
+        try:
+            self.follower.write([Record(kind=kind, data=d) for d in datas])
+        except StateUnavailable as e:  # nothing was written: the client may retry (503)
+            self.state_errors += 1
+            raise EngineOverloadedError(f"state backend unavailable, nothing was written: {e}") from None
 
     # -- writes ----------------------------------------------------------------------------------------
 
@@ -239,7 +228,9 @@ class Engine:
         return len(datas)
 
     def delete_item(self, item_id: str) -> None:
-        if self.rt.state.catalog.items.get(item_id) < 0:
+        catalog = self.rt.state.catalog
+        item = catalog.items.get(item_id)
+        if item < 0 or bool(catalog.is_deleted[item]):
             raise UnknownIdError(f"unknown item {item_id!r}")
         self._write("delete", [{"item_id": item_id}])
 
@@ -255,14 +246,25 @@ class Engine:
             raise CandgenError("no artifacts directory to reload from")
         rt = Runtime.load(art, config=None)
         if self.store is not None:
-            with self._catchup_lock:
-                self._replay(rt)
+            from candgen.state.follow import LogFollower
+
+            worker = self.store.worker_id
+            temp = LogFollower(self.store, lambda r: self._apply(rt, r.kind, r.data, own=r.origin == worker))
+            temp.replay()  # the whole log onto the new runtime, off the request path
+            with self.follower._lock:  # no catch-up meanwhile: the tail, then the swap
+                temp.replay()
+                self._swap(rt)
+                self.follower.cursor = temp.cursor
+        else:
+            self._swap(rt)
+        self.caches.clear()
+        return rt.model_version
+
+    def _swap(self, rt: Runtime) -> None:
         self._configure(rt)
         with self._lock:
             self.rt = rt
             self._fallback = None
-        self.caches.clear()
-        return rt.model_version
 
     # -- the request path ------------------------------------------------------------------------------
 
