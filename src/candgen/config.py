@@ -42,7 +42,7 @@ class EventsConfig:
 class ModelConfig:
     dim: int = 64
     epochs: int = 20
-    batch_size: int = 1024
+    batch_size: int = 256  # measured: 256 beat 1024 on MovieLens recall@100 (more steps per epoch)
     learning_rate: float = 0.005
     weight_decay: float = 0.0
     temperature: float = 0.05

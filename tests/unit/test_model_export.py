@@ -84,13 +84,14 @@ def test_user_tower_matches_torch(world, trainer, model):
     np.testing.assert_allclose(got, ref, atol=1e-5)
     # the one-request path agrees with the batched one
     segment = world.user_attributes["segment"]
+    _, event_w = log.history(users, n_before, model.space.history_len, 1.0)  # event weights, no recency decay
     for r, u in enumerate(users):
         k = int((hw[r] > 0).sum())
         one = model.embed_user(
             attributes={"segment": segment.vocab.id(int(segment.codes[u]))},
             interests=[world.tags.id(int(i)) for i in world.user_interests.row(int(u))],
             context={"device": model.space.devices[device[r] - 1]} if device[r] else {},
-            history_items=hist[r, :k], history_weights=hw[r, :k], history_item_vectors=bank[hist[r, :k]],
+            history_items=hist[r, :k], history_weights=event_w[r, :k], history_item_vectors=bank[hist[r, :k]],
             now=int([0, 3600 * 5, 3600 * 23][r]))
         np.testing.assert_allclose(one, ref[r], atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(one), 1.0, atol=1e-5)
@@ -118,7 +119,7 @@ def test_embed_user_errors_and_catalog_default(model):
     with pytest.raises(ValueError, match="history_item_vectors has 1 rows"):
         model.embed_user(attributes={}, interests=[], context={}, history_items=np.array([1, 2]),
                          history_weights=np.array([1.0, 1.0]), history_item_vectors=model.catalog_vectors[:1])
-    w = model.history_weights([1.0, 3.0])
+    w = np.array([1.0, 3.0])
     a = model.embed_user(attributes={}, interests=[], context={"hour": "3"}, history_items=np.array([4, 9]),
                          history_weights=w)
     b = model.embed_user(attributes={}, interests=[], context={"hour": "3"}, history_items=np.array([4, 9]),

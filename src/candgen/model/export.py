@@ -8,7 +8,7 @@ embeds one request in well under a millisecond. Saved as `weights.npz` (allow_pi
     >>> model = TwoTowerModel.load("artifacts/model")                           # doctest: +SKIP
     >>> items = model.item_embeddings(ds)                                       # (n_items, dim), L2-normalised
     >>> u = model.embed_user(attributes={"country": "de"}, interests=["jazz"], context={"device": "mobile"},
-    ...                      history_items=np.array([3, 7]), history_weights=model.history_weights([1, 3]),
+    ...                      history_items=np.array([3, 7]), history_weights=np.array([1.0, 3.0]),
     ...                      history_item_vectors=items[[3, 7]], now=1_700_000_000)
     >>> scores = items @ u                                                      # dot product = cosine
 """
@@ -122,11 +122,6 @@ class TwoTowerModel:
         return self.embed_item_codes(codes, now)
 
     # ----- user tower -----
-    def history_weights(self, event_weights: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Weights for a most-recent-first history from its events' weights (event weight x recency decay),
-        as used in training."""
-        return recency_weights(np.asarray(event_weights, np.float32), self.space.history_decay)
-
     def embed_user_codes(self, *, attributes: np.ndarray, interests: np.ndarray, device: np.ndarray,
                          hour: np.ndarray, history_ids: np.ndarray, history_weights: np.ndarray,
                          history_vectors: np.ndarray) -> np.ndarray:
@@ -149,9 +144,10 @@ class TwoTowerModel:
                    history_item_vectors: np.ndarray | None = None, now: int | None = None) -> np.ndarray:
         """(dim,) embedding of one user request.
 
-        history_items: dense item indices, most recent first (truncated to the model's history_len);
-        history_weights: one per item, e.g. `history_weights(event_weights)`; history_item_vectors:
-        the items' embeddings (needed for items added while serving; defaults to the catalog's).
+        history_items: dense item indices of positive engagements, most recent first (truncated to the
+        model's history_len); history_weights: each one's event weight (the model applies the same recency
+        decay per position as in training); history_item_vectors: the items' embeddings (needed for items
+        added while serving; defaults to the catalog's).
         context: "device", and "hour" (0-23, else taken from `now`).
         """
         w = self.weights
@@ -159,6 +155,7 @@ class TwoTowerModel:
         hw = np.asarray(history_weights, dtype=np.float32)[: len(items)]
         if len(hw) != len(items):
             raise ValueError(f"history_weights has {len(hw)} entries for {len(items)} history items")
+        hw = recency_weights(hw, self.space.history_decay)
         if history_item_vectors is None:
             known = (items >= 0) & (items < len(self.catalog_vectors))
             items, hw = items[known], hw[known]
@@ -189,7 +186,8 @@ class TwoTowerModel:
                     now: int | None = None, context: Mapping[str, str] | None = None,
                     item_vectors: np.ndarray | None = None) -> np.ndarray:
         """(len(users), dim) embeddings of dataset users from their attributes, interests and their positive
-        engagements in `ds` before `now` (all of them when now is None), for offline recommend/eval."""
+        engagements in `ds` before `now` (all of them when now is None), for offline recommend/eval.
+        The hour-of-day context is used only when `context` gives "hour" (an offline run has no request time)."""
         users = np.asarray(users, dtype=np.int64)
         log = PositiveLog.build(ds.interactions, events or EventsConfig(), ds.n_users)
         n_before = np.minimum(log.count_before(users, now), len(log.item))
@@ -198,8 +196,7 @@ class TwoTowerModel:
         out = np.empty((len(users), self.dim), dtype=np.float32)
         ctx = context or {}
         device = self.space.encode_device(ctx.get("device"))
-        t = _default_now(ds, now)
-        hour = int(ctx["hour"]) % 24 + 1 if "hour" in ctx else (int(hour_bucket(t)) if t is not None else 0)
+        hour = int(ctx["hour"]) % 24 + 1 if "hour" in ctx else 0  # offline: no request time unless given
         for s in range(0, len(users), 4096):
             sl = slice(s, s + 4096)
             wsum = hw[sl].sum(axis=1, keepdims=True)

@@ -42,6 +42,7 @@ from candgen.model.towers import TwoTower
 from candgen.types import NO_PROGRESS, Progress
 
 VALID_FRACTION = 0.1
+CONTEXT_DROPOUT = 0.5
 LOSSES = ("softmax", "contrastive", "triplet")
 TASK = "two-tower training"
 
@@ -142,7 +143,7 @@ class _Trainer:
             torch.from_numpy(self.user_attrs[users].astype(np.int64)),
             torch.from_numpy(self.user_interests[users].astype(np.int64)),
             torch.zeros(len(ex), dtype=torch.int64),
-            torch.from_numpy(hour_bucket(ts).astype(np.int64)),
+            torch.from_numpy(self._hours(ts)),
             torch.from_numpy(history_len_bucket((hw > 0).sum(axis=1)).astype(np.int64)),
             hist_ids, hist_vec, wn,
         )
@@ -173,6 +174,12 @@ class _Trainer:
             if opt is not None:
                 opt.step()
         return float(loss.detach())
+
+    def _hours(self, ts: np.ndarray) -> np.ndarray:
+        """Hour-of-day context, dropped (unknown) for half the examples: requests may come without it, and
+        offline recommendation has no real request time, so the model must not lean on it alone."""
+        h = hour_bucket(ts).astype(np.int64)
+        return np.where(self.rng.random(len(h)) < CONTEXT_DROPOUT, 0, h)
 
     def _hard_negatives(self, users: np.ndarray, neg: object) -> np.ndarray | None:
         ptr, idx = neg.ptr, neg.idx  # type: ignore[attr-defined]
