@@ -178,3 +178,51 @@ def test_redis_service_with_two_workers(trained, art_copy, tmp_path, redis_url):
         _scenario(srv, trained[1], restart)
     finally:
         srv.stop()  # the redis_url fixture deletes the keys under its prefix
+
+
+def test_reload_by_api_and_sighup_fails_no_request(trained, art_copy, tmp_path):
+    import threading
+
+    root, ds = trained
+    cfg = Config()
+    cfg.model.epochs, cfg.model.dim, cfg.model.seed = 1, 16, 99
+    train_artifacts(ds, tmp_path / "art2", config=cfg)
+    srv = Server(art_copy, log=tmp_path / "serve.log")
+    srv.start()
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=srv.base, timeout=10) as c:
+            i = 0
+            while not stop.is_set():
+                r = c.post("/v1/candidates", json={"user_id": ds.users.id(i % ds.n_users), "k": 100})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:80]}")
+                i += 1
+
+    def version() -> str:
+        return httpx.get(srv.base + "/readyz").json()["model_version"]
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        v1 = version()
+        r = httpx.post(srv.base + "/v1/admin/reload", json={"art": str(tmp_path / "art2")}, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+        v2 = version()
+        assert v2 != v1
+        # SIGHUP: the directory now served (art2) is retrained in place, then the server is told to re-read it
+        cfg.model.seed = 7
+        train_artifacts(ds, tmp_path / "art2", config=cfg)
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        t0 = time.time()
+        while version() == v2 and time.time() - t0 < 30:
+            time.sleep(0.1)
+        assert version() not in (v1, v2)
+    finally:
+        stop.set()
+        t.join()
+        srv.stop()
+    assert not failures, failures[:3]

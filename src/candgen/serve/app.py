@@ -17,9 +17,11 @@ that busy machine (load ~10 on 2 cores). `reload` always runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -50,6 +52,7 @@ log = logging.getLogger("candgen.serve")
 T = TypeVar("T")
 
 API_KEY_ENV = "CANDGEN_API_KEY"
+LOAD_BEFORE_SERVING_ENV = "CANDGEN_LOAD_BEFORE_SERVING"  # set by the runner when workers > 1
 ENGINE_THREADS = 32  # engine calls that may run at once per worker (more wait in the executor's queue)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorBody} for code in (400, 404, 413, 422, 503)
@@ -151,10 +154,32 @@ def create_app(
             executor = ThreadPoolExecutor(max_workers=ENGINE_THREADS, thread_name_prefix="candgen-engine")
         return executor
 
+    def reload_on_hup() -> None:
+        def run() -> None:
+            eng = slot.engine
+            if eng is None or not reload_lock.acquire(blocking=False):
+                return
+            try:
+                log.warning("SIGHUP: reloading artifacts")
+                log.warning("SIGHUP: now serving model %s", eng.reload(None))
+            except Exception:
+                log.exception("SIGHUP reload failed; still serving the previous model")
+            finally:
+                reload_lock.release()
+
+        threading.Thread(target=run, name="candgen-reload", daemon=True).start()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if slot.factory is not None and slot.engine is None:
-            threading.Thread(target=slot.load, name="candgen-engine-load", daemon=True).start()
+            if os.environ.get(LOAD_BEFORE_SERVING_ENV):
+                # a worker of several (e.g. restarted by uvicorn on SIGHUP): accept connections only once
+                # ready, so that the other workers take the traffic meanwhile and no request fails
+                await anyio.to_thread.run_sync(slot.load)
+            else:
+                threading.Thread(target=slot.load, name="candgen-engine-load", daemon=True).start()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_on_hup)
         yield
         nonlocal executor
         if executor is not None:

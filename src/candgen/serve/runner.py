@@ -3,7 +3,9 @@
 Each worker imports `candgen.serve.factory:make_app` and opens its own engine; the artifacts should be
 memory-mapped by the engine so that workers share the index pages. With more than one worker, online
 state (events, caches) must live in a shared store (`--state redis://...`) or each worker sees only its
-own. SIGTERM (and Ctrl-C) shut down gracefully: uvicorn stops accepting, finishes in-flight requests
+own. SIGHUP reloads the artifacts in place (one worker: the app's handler swaps the engine's runtime; several
+workers: uvicorn's supervisor restarts them one at a time, each loading before it accepts connections).
+SIGTERM (and Ctrl-C) shut down gracefully: uvicorn stops accepting, finishes in-flight requests
 (up to `GRACEFUL_SHUTDOWN_S`), then the app closes its engine.
 """
 
@@ -14,6 +16,7 @@ import os
 import socket
 
 from candgen.errors import CandgenError
+from candgen.serve.app import LOAD_BEFORE_SERVING_ENV
 from candgen.serve.factory import ART_ENV, CONFIG_ENV, STATE_ENV
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -58,6 +61,12 @@ def run(
             os.environ[name] = value
         else:
             os.environ.pop(name, None)
+    # several workers: each loads its engine before it accepts connections, so that a rolling restart
+    # (uvicorn restarts the workers one by one on SIGHUP to the main process) fails no request
+    if workers > 1:
+        os.environ[LOAD_BEFORE_SERVING_ENV] = "1"
+    else:
+        os.environ.pop(LOAD_BEFORE_SERVING_ENV, None)
     uvicorn.run(
         APP, factory=True, host=host, port=port, workers=workers, log_level=log_level,
         access_log=log_level in ("info", "debug", "trace"),
