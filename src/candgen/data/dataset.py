@@ -183,20 +183,22 @@ class Dataset:
         """
         # Ids are numbered in order of first appearance: items and users tables first (their order fixes
         # the ids), then ids only seen in interactions (by time), then in social. Vectorised with polars
-        # (hash maps in Rust) because Python loops take minutes on 20M interactions.
-        ts = interactions["timestamp"].to_numpy()
+        # (hash maps in Rust) because Python loops take minutes on 20M interactions; the interaction
+        # log is put in time order as int arrays (`perm`), never by sorting its string columns.
+        ts = interactions["timestamp"].cast(pl.Int64).to_numpy()
+        perm: np.ndarray | None = None
         if len(ts) > 1 and not bool((ts[1:] >= ts[:-1]).all()):
-            interactions = interactions.sort("timestamp", maintain_order=True)
+            perm = np.argsort(ts, kind="stable")
+            ts = ts[perm]
         has_social = social is not None and len(social) > 0
         item_cols = ([items["item_id"]] if items is not None else []) + [interactions["item_id"]]
         user_cols = ([users["user_id"]] if users is not None else []) + [interactions["user_id"]]
         if social is not None and has_social:
             user_cols += [social["user_id"], social["friend_id"]]
-        item_map, item_codes = _index_ids(item_cols)
-        user_map, user_codes = _index_ids(user_cols)
+        k_item, k = (1 if items is not None else 0), (1 if users is not None else 0)
+        item_map, item_codes = _index_ids(item_cols, perms={k_item: perm})
+        user_map, user_codes = _index_ids(user_cols, perms={k: perm})
         tag_map = IdMap()
-        k = 1 if users is not None else 0
-        u, it = user_codes[k], item_codes[1 if items is not None else 0]
         ev = (
             interactions["event"].replace_strict(EVENT_CODE, return_dtype=pl.Int8).to_numpy()
             if "event" in interactions.columns
@@ -207,9 +209,9 @@ class Dataset:
             if "value" in interactions.columns
             else np.full(len(interactions), np.nan, np.float32)
         )
-        inter = Interactions(
-            u, it, interactions["timestamp"].cast(pl.Int64).to_numpy(), ev.astype(np.int8), val.astype(np.float32)
-        )
+        if perm is not None:
+            ev, val = ev[perm], val[perm]
+        inter = Interactions(user_codes[k], item_codes[k_item], ts, ev.astype(np.int8), val.astype(np.float32))
         social_src = social_dst = np.zeros(0, np.int32)
         if has_social:
             social_src, social_dst = user_codes[k + 1], user_codes[k + 2]
@@ -247,21 +249,32 @@ class Dataset:
         return ds
 
 
-def _index_ids(cols: list[pl.Series]) -> tuple[IdMap, list[np.ndarray]]:
-    """An IdMap over the ids of `cols` in order of first appearance, and each column's dense codes (int32)."""
+def _index_ids(cols: list[pl.Series], perms: dict[int, np.ndarray | None] | None = None
+               ) -> tuple[IdMap, list[np.ndarray]]:
+    """An IdMap over the ids of `cols` in order of first appearance, and each column's dense codes (int32).
+
+    `perms[i]` reorders column i (as `col[perm]`) before first appearances are counted and codes returned.
+    """
     all_ids = pl.concat([c.cast(pl.String).rename("id") for c in cols])
-    uniq = all_ids.unique(maintain_order=True)
-    keys = uniq.to_list()
+    uniq = all_ids.unique()  # any order: ids are renumbered below with integer work only
+    # a join is the fastest polars way to map 20M strings (replace_strict is ~2x slower)
+    raw = (
+        all_ids.to_frame().join(uniq.to_frame().with_row_index("code"), on="id", how="left", maintain_order="left")
+        ["code"].cast(pl.Int64).to_numpy()
+    )
+    ends = np.cumsum([len(c) for c in cols])
+    parts = list(np.split(raw, ends[:-1]))
+    for i, perm in (perms or {}).items():
+        if perm is not None:
+            parts[i] = parts[i][perm]
+    first_seen = pl.Series(np.concatenate(parts)).unique(maintain_order=True).to_numpy()
+    rank = np.empty(len(uniq), np.int64)
+    rank[first_seen] = np.arange(len(first_seen))
+    keys = uniq.gather(pl.Series(first_seen)).to_list()
     m = IdMap()
     m._ids = keys
     m._index = dict(zip(keys, range(len(keys)), strict=True))
-    # a join is the fastest polars way to map 20M strings (replace_strict is ~2x slower)
-    codes = (
-        all_ids.to_frame().join(uniq.to_frame().with_row_index("code"), on="id", how="left", maintain_order="left")
-        ["code"].cast(pl.Int32).to_numpy()
-    )
-    ends = np.cumsum([len(c) for c in cols])
-    return m, list(np.split(codes, ends[:-1]))
+    return m, [rank[p].astype(np.int32) for p in parts]
 
 
 def _categorical(col: pl.Series, rows: np.ndarray, n: int) -> Categorical:
