@@ -143,6 +143,8 @@ def generate_world(
     is_new = urng.random(users) < NEW_USER_FRACTION
     if users >= 2 and not is_new.any():
         is_new[urng.integers(0, users)] = True
+    if is_new.all():  # someone must interact, or there is no interactions table
+        is_new[0] = False
     mu = np.log(interactions_per_user / (1 - NEW_USER_FRACTION)) - 0.5  # lognormal(mu, 1) has mean e^(mu+1/2)
     counts = np.clip(np.rint(urng.lognormal(mu, 1.0, size=users)), 1, 5000).astype(np.int64)
     counts[is_new] = 0
@@ -183,15 +185,18 @@ def generate_world(
     _follow_friends(irng, rows, src=np.concatenate(src_parts), dst=np.concatenate(dst_parts), n_users=users)
     progress.done("interactions")
     n_inter = len(rows["user"])
+    progress.task("write interactions", total=n_inter)
     with _Writer(out / "interactions.parquet") as iw:
         for lo in range(0, n_inter, 2_000_000):
             sl = slice(lo, lo + 2_000_000)
+            progress.advance("write interactions", len(rows["user"][sl]))
             iw.write(pl.DataFrame({
                 "user_id": _ids("u", rows["user"][sl]),
                 "item_id": _ids("i", rows["item"][sl]),
                 "timestamp": rows["ts"][sl],
                 "event": np.array(EVENTS)[rows["event"][sl]],
             }))
+    progress.done("write interactions")
     return WorldSummary(
         out_dir=str(out), users=users, items=items, interactions=n_inter, social_edges=n_edges,
         new_users=int(is_new.sum()), new_items=int((cat.weight == 0).sum()), topics=n_topics, creators=n_creators,
