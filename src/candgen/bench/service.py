@@ -1,0 +1,129 @@
+"""Start `candgen serve ART` on a free port for a benchmark, wait until it is ready, read the CPU time of its
+whole process tree (uvicorn's workers are child processes) and stop it again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from candgen.bench.http import Endpoint
+from candgen.errors import CandgenError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every descendant, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                children.setdefault(int(st[1]), []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (all threads)."""
+    total = 0
+    for pid in process_tree(root):
+        st = _stat(pid)
+        if st is not None:
+            total += int(st[11]) + int(st[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class ServiceProcess:
+    """`candgen serve ART --workers N [--state URL]` on 127.0.0.1:free port; a context manager."""
+
+    def __init__(self, art: Path, *, workers: int = 1, state: str | None = None, ready_timeout_s: float = 600.0,
+                 log: Path | None = None) -> None:
+        if not (Path(art) / "manifest.json").exists():
+            raise CandgenError(f"{art}: not an artifacts directory (no manifest.json)")
+        if workers < 1:
+            raise CandgenError(f"--workers: got {workers}, expected 1 or more")
+        self.art, self.workers, self.state = Path(art), workers, state
+        self.ready_timeout_s = ready_timeout_s
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint = Endpoint("127.0.0.1", 0)
+
+    def start(self) -> Endpoint:
+        import httpx
+
+        port = free_port()
+        cmd = [sys.executable, "-m", "candgen.cli.main", "serve", str(self.art), "--port", str(port),
+               "--workers", str(self.workers)]
+        if self.state:
+            cmd += ["--state", self.state]
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out if self.log else subprocess.PIPE)
+        self.endpoint = Endpoint("127.0.0.1", port)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                msg = self.proc.stderr.read().decode(errors="replace")[-500:] if self.proc.stderr else ""
+                raise CandgenError(f"`candgen serve {self.art}` exited with code {self.proc.returncode}: {msg}")
+            try:
+                # every worker must be ready; with several, probe a few times on fresh connections
+                if all(httpx.get(f"{self.endpoint.url}/readyz", timeout=2).status_code == 200
+                       for _ in range(2 * self.workers)):
+                    return self.endpoint
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise CandgenError(f"`candgen serve {self.art}` was not ready after {self.ready_timeout_s:.0f} s")
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise CandgenError("the service is not running")
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.pid)
+
+    def worker_pids(self) -> list[int]:
+        """The processes that answer requests: the children with several workers, else the server itself."""
+        tree = process_tree(self.pid)
+        return tree[1:] if self.workers > 1 and len(tree) > 1 else tree[:1]
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
