@@ -142,3 +142,10 @@ ML_SMALL = Path("/work/shared/data/ml-latest-small")
 def test_real_ml_latest_small_counts(tmp_path: Path) -> None:
     s = import_movielens(ML_SMALL, tmp_path)
     assert (s.interactions, s.items) == (100836, 9742)
+
+
+def test_non_utf8_ratings_csv(tmp_path: Path) -> None:
+    root = make_latest(tmp_path)
+    (root / "movies.csv").write_bytes("movieId,title,genres\n1,Caf\xe9 (1995),Drama\n".encode("latin-1"))
+    with pytest.raises(DataError, match="movies.csv.*well-formed"):
+        import_movielens(root, tmp_path / "out")

@@ -104,6 +104,9 @@ def _need(root: Path, name: str) -> Path:
 def _read(path: Path, *, sep: str, names: list[str], encoding: str = "utf-8", header: bool = False) -> pl.DataFrame:
     """Read a delimited MovieLens file as strings; `sep` may be '::' (1M), handled by splitting lines."""
     try:
+        if encoding == "utf-8" and len(sep) == 1:  # polars reads it directly (ml-latest: ~1 GB of ratings)
+            df = pl.read_csv(path, separator=sep, has_header=header, infer_schema=False, quote_char='"')
+            return _first_columns(df, path, names)
         text = path.read_bytes().decode(encoding)
         if len(sep) > 1:
             lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -121,6 +124,10 @@ def _read(path: Path, *, sep: str, names: list[str], encoding: str = "utf-8", he
         raise DataError(str(path), None, f"{encoding} text ({e.reason})") from None
     except pl.exceptions.PolarsError as e:
         raise DataError(str(path), None, f"a well-formed '{sep}'-separated file ({str(e).splitlines()[0]})") from None
+    return _first_columns(df, path, names)
+
+
+def _first_columns(df: pl.DataFrame, path: Path, names: list[str]) -> pl.DataFrame:
     if df.width < len(names):
         raise DataError(str(path), None, f"{len(names)} columns ({', '.join(names)}), found {df.width}")
     return df.select(df.columns[: len(names)]).rename(dict(zip(df.columns[: len(names)], names, strict=True)))
