@@ -42,6 +42,7 @@ from candgen.blend.pipeline import blend
 from candgen.config import Config
 from candgen.engine_cache import CachedList, ListCaches
 from candgen.errors import CandgenError, UnknownIdError
+from candgen.online import CachedUserEncoder, QualityMonitor
 from candgen.runtime import Runtime
 from candgen.serve.protocol import CandidatesResult, EventIn, ItemIn, UserProfileIn
 from candgen.sources.base import CandidateSource, UserContext
@@ -78,12 +79,33 @@ class Engine:
         self.state_errors = 0
         self.follower: Any = None
         self.caches = ListCaches(store, runtime.config.cache)
+        self.quality = QualityMonitor(runtime.config.serve.ann_recall_sample_every if store is not None else 0)
+        self.l2: Any = None
         self._configure(runtime)
         if store is not None:
             self._replay(runtime)
+            self._start_l3(runtime.config)
 
     def _configure(self, rt: Runtime) -> None:
         self.experiment = experiment_from_config(rt.config.blend.experiment, known_sources=list(rt.sources))
+        if self.store is not None and rt.config.cache.l2_ttl_s > 0:
+            self.l2 = CachedUserEncoder(rt.model, self.store.cache("L2"), rt.config.cache.l2_ttl_s)
+            rt.use_encoder(self.l2)
+
+    def _start_l3(self, config: Config) -> None:
+        """The background job that precomputes lists for the most active users every few minutes."""
+        if config.cache.l3_refresh_s <= 0 or config.cache.l3_top_fraction <= 0 or self.store is None:
+            return
+        from candgen.state.jobs import L3Refresher
+
+        self.caches.refresher = L3Refresher(store=self.store, compute=self._l3_list, config=config.cache).start()
+
+    def _l3_list(self, user_id: str) -> bytes:
+        """One user's precomputed list (default k), as the L3 cache stores it."""
+        rt = self.rt
+        k = min(1000, rt.config.serve.max_k)
+        res = self._compute(Request(user_id=user_id, k=k), rt, self.clock(), time.perf_counter())
+        return self.caches.encode(rt, k, res.variant, res)
 
     # -- opening ---------------------------------------------------------------------------------------
 
@@ -107,6 +129,7 @@ class Engine:
 
     def close(self) -> None:
         self.caches.stop()
+        self.quality.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             self.store.close()
@@ -148,8 +171,13 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         rt = self.rt
-        return {"index_size": len(rt.index), "items": rt.state.catalog.n_items, "users": len(rt.dataset.users),
-                "state_errors": self.state_errors, **self.caches.stats()}
+        out = {"index_size": len(rt.index), "items": rt.state.catalog.n_items, "users": len(rt.dataset.users),
+               "state_errors": self.state_errors, **self.caches.stats()}
+        if self.l2 is not None:
+            out |= {"cache_L2_hits": self.l2.hits, "cache_L2_misses": self.l2.misses}
+        if self.caches.refresher is not None:
+            out |= {f"l3_{k}": v for k, v in self.caches.refresher.stats().items()}
+        return out
 
     def clock(self) -> float:
         """'now' for requests without one.
@@ -351,6 +379,8 @@ class Engine:
         plan = self.plan(ctx, rt)
         t_ctx = time.perf_counter()
         variant = plan.variant or ("cold" if plan.cold else "default")
+        if self.caches.refresher is not None:
+            self.caches.refresher.note_activity(req.user_id)
         if not req.explain:
             hit = self.caches.lookup(rt, req.user_id, req.k, variant)
             if hit is not None:
@@ -358,6 +388,24 @@ class Engine:
                 if res is not None:
                     res.timings = {"context": t_ctx - t0, "cache": time.perf_counter() - t_ctx}
                     return res
+        l2_hits = self.l2.hits if self.l2 is not None else 0
+        res = self._compute(req, rt, now, t0, ctx=ctx, plan=plan)
+        if not req.explain and not res.degraded:
+            self.caches.store(rt, req.user_id, req.k, res.variant, res)
+        if self.l2 is not None and self.l2.hits > l2_hits:
+            res.cache = "L2"  # the list was computed, the user embedding came from L2 (approximate under load)
+        if self.quality.sampled():
+            self.quality.observe(rt, ctx, rt.state.catalog.items.lookup(res.item_ids), req.k)
+        res.quality = self.quality.take()
+        return res
+
+    def _compute(self, req: Request, rt: Runtime, now: float, t0: float, *, ctx: UserContext | None = None,
+                 plan: Plan | None = None) -> CandidatesResult:
+        """The uncached request path: sources in parallel, then the blend."""
+        ctx = ctx if ctx is not None else self.user_context(req, now, rt)
+        plan = plan if plan is not None else self.plan(ctx, rt)
+        variant = plan.variant or ("cold" if plan.cold else "default")
+        t_ctx = time.perf_counter()
         names = list(plan.mix)
         explores = rt.config.blend.exploration_fraction > 0 and "new_items" in rt.sources
         if explores:
@@ -378,8 +426,6 @@ class Engine:
         )
         t_blend = time.perf_counter()
         res = self._result(rt, blended, explain=req.explain, variant=variant)
-        if not req.explain and not degraded:
-            self.caches.store(rt, req.user_id, req.k, variant, res)
         timings.update(context=t_ctx - t0, sources=t_src - t_ctx, blend=t_blend - t_src)
         res.degraded = degraded
         res.source_counts = {c.source: len(c) for c in lists}

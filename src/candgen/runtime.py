@@ -46,9 +46,16 @@ class Runtime:
         self.item_vectors, self.index, self.state, self.art = item_vectors, index, state, art
         self.sources: SourceSet = make_sources(state, config=config, model=model, index=index,
                                                item_vectors=self.vector_lookup)
+        self.encoder: Any = model
         self.profiles: dict[str, Profile] = {}
         self.activity_counts: dict[str, int] = {}
         self._lock = threading.RLock()  # serialises writes; reads go through the structures' own locks
+
+    def use_encoder(self, encoder: Any) -> None:
+        """Serve the user tower through `encoder` (e.g. the L2-cached one): rebuilds the sources over it."""
+        self.encoder = encoder
+        self.sources = make_sources(self.state, config=self.config, model=encoder, index=self.index,
+                                    item_vectors=self.vector_lookup)
 
     def with_config(self, config: Config) -> Runtime:
         """The same loaded parts under another config (e.g. another mix, for ablations)."""

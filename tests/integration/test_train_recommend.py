@@ -201,3 +201,85 @@ def test_train_refuses_to_overwrite_a_foreign_directory(world, tmp_path):
     with pytest.raises(CandgenError, match="refusing to overwrite"):
         train_artifacts(world[1], tmp_path, config=tiny_config())
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.fixture()
+def served(world, tmp_path):
+    """An engine as `serve` opens it: artifacts + an embedded journal (here in tmp_path)."""
+    import shutil
+
+    shutil.copytree(world[0] / "art", tmp_path / "art")
+    e = Engine.open(tmp_path / "art", state_url=f"sqlite:///{tmp_path / 'journal.db'}")
+    yield e
+    e.close()
+
+
+def test_l1_hit_then_invalidated_by_the_users_engagement(world, served):
+    from candgen.serve.protocol import EventIn
+
+    uid = warm_user(world[1])
+    first = served.candidates(Request(user_id=uid, k=50))
+    again = served.candidates(Request(user_id=uid, k=20))  # a shorter list is a prefix of the cached one
+    assert first.cache in ("miss", "L2") and again.cache == "L1" and again.item_ids == first.item_ids[:20]
+    served.ingest_events([EventIn(user_id=uid, item_id=first.item_ids[0], event="view")])
+    after = served.candidates(Request(user_id=uid, k=50))
+    assert after.cache != "L1" and first.item_ids[0] not in after.item_ids
+
+
+def test_l3_precomputed_list_serves_an_active_user(world, served):
+    uid = warm_user(world[1])
+    served.candidates(Request(user_id=uid, k=100))
+    served.caches.l1.clear()
+    assert served.caches.refresher.run_once() >= 1
+    res = served.candidates(Request(user_id=uid, k=100))
+    assert res.cache == "L3" and len(res.item_ids) == 100
+
+
+def test_a_new_item_invalidates_cached_lists_and_reaches_the_index(world, served):
+    from candgen.serve.protocol import ItemIn
+
+    uid = warm_user(world[1])
+    served.candidates(Request(user_id=uid, k=30))
+    served.add_items([ItemIn(item_id="fresh-1", tags=["t-new"], category="c1", creator_id="cr1")])
+    res = served.candidates(Request(user_id=uid, k=30))
+    assert res.cache != "L1"
+    item = served.state.catalog.items.get("fresh-1")
+    assert item >= 0 and served.rt.index.search(served.rt.vector_lookup(np.array([item])), 1)[0].ids[0] == item
+    with pytest.raises(UnknownIdError):
+        served.similar("no-such", 5)
+
+
+def test_journal_replay_restores_writes(world, tmp_path):
+    import shutil
+
+    from candgen.serve.protocol import EventIn, ItemIn
+
+    shutil.copytree(world[0] / "art", tmp_path / "art")
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    e = Engine.open(tmp_path / "art", state_url=url)
+    uid = warm_user(world[1])
+    victim = e.candidates(Request(user_id=uid, k=10)).item_ids[0]
+    e.ingest_events([EventIn(user_id=uid, item_id=victim, event="hide")])
+    e.add_items([ItemIn(item_id="fresh-2", tags=["x"])])
+    e.delete_item("fresh-2")
+    e.close()
+    e2 = Engine.open(tmp_path / "art", state_url=url)
+    try:
+        assert victim not in e2.candidates(Request(user_id=uid, k=200)).item_ids
+        fresh = e2.state.catalog.items.get("fresh-2")
+        assert fresh >= 0 and e2.state.catalog.is_deleted[fresh]
+        with pytest.raises(UnknownIdError):
+            e2.delete_item("fresh-2")  # already deleted
+        with pytest.raises(UnknownIdError):
+            e2.ingest_events([EventIn(user_id=uid, item_id="never-added", event="view")])
+    finally:
+        e2.close()
+
+
+def test_quality_monitor_reports_diversity_and_ann_recall(world, served):
+    served.quality.every = 1
+    uid = warm_user(world[1])
+    res = served.candidates(Request(user_id=uid, k=50, context={"hour": "3"}))
+    res2 = served.candidates(Request(user_id=uid, k=50, context={"hour": "4"}))
+    got = {**res.quality, **res2.quality}
+    assert 0.0 <= got["diversity"] <= 2.0
