@@ -42,8 +42,10 @@ def log(msg: str) -> None:
 def measure(group: list[Contestant], q: np.ndarray, truth: np.ndarray, ks: list[int],
             build: list[tuple[float | None, int | None]]) -> list[dict[str, Any]]:
     """Rows for each contestant of `group` (one, or candgen's index and raw FAISS on the same
-    object) at each k and setting. Within a group, single queries alternate between members query
-    by query, so load from other processes on this shared machine hits both alike."""
+    object) at each k and setting. Within a group, single queries alternate between members call
+    by call, so load from other processes on this shared machine hits both alike; member j starts
+    at query j * n / len(group), because the same query twice in a row would find the memory it
+    reads (IVF lists: megabytes at 1M items) already in the CPU cache for the second caller."""
     rows = []
     n = len(q)
     for k in ks:
@@ -54,8 +56,9 @@ def measure(group: list[Contestant], q: np.ndarray, truth: np.ndarray, ks: list[
                 c.apply(setting)
                 for i in range(min(10, n)):  # warm caches and connections
                     c.search_one(q[i], k)
-            for i in range(n):
+            for step in range(n):
                 for j, c in enumerate(group):
+                    i = (step + j * n // len(group)) % n
                     t = time.perf_counter()
                     got[j, i] = c.search_one(q[i], k)
                     lat[j, i] = time.perf_counter() - t
