@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -115,25 +116,28 @@ def test_hit_ratio_repeats_users_and_bodies_carry_k_and_a_context() -> None:
 
 
 def test_parse_answer_reads_the_tail_and_survives_garbage() -> None:
-    assert parse_answer(answer("u", "L1", k=5, degraded=["social"])) == (1.5, "L1", True, 5)
+    assert parse_answer(answer("u", "L1", k=5, degraded=["social"])) == (1.5, "L1", ("social",), 5)
     took, cache, degraded, n = parse_answer(b"not json")
-    assert math.isnan(took) and cache == "" and not degraded and n == 0
+    assert math.isnan(took) and cache == "" and degraded == () and n == 0
     # another field order still parses
     body = json.dumps({"degraded": [], "took_ms": 2, "cache": "L2", "candidates": [{"item_id": "a"}]}).encode()
-    assert parse_answer(body) == (2.0, "L2", False, 1)
+    assert parse_answer(body) == (2.0, "L2", (), 1)
 
 
 def test_summarize_percentiles_errors_and_fractions() -> None:
-    samples = [Sample(float(i), 200, took_ms=float(i) / 2, cache="miss" if i % 4 else "L1", degraded=i == 3,
-                      n_candidates=10) for i in range(1, 101)]
+    samples = [Sample(float(i), 200, took_ms=float(i) / 2, cache="miss" if i % 4 else "L1",
+                      degraded=("social",) if i == 3 else (), n_candidates=10) for i in range(1, 101)]
     samples += [Sample(999.0, 503), Sample(5.0, 0)]
+    samples[1].cache = "L2"  # the user embedding was cached, the list computed: not a list-cache hit
     r = summarize(samples, duration_s=2.0, concurrency=4, client_cpu_s=0.102, server_cpu_s=0.204)
     assert r.requests == 102 and r.qps == 51.0 and r.errors == 2
     assert r.p50_ms == pytest.approx(50.5) and r.max_ms == 100.0  # errors are not latencies
     assert r.took_p50_ms == pytest.approx(25.25)
-    assert r.cache_hit_fraction == pytest.approx(25 / 100) and r.degraded_fraction == pytest.approx(0.01)
+    assert r.cache_hit_fraction == pytest.approx(25 / 100)
+    assert r.cache_levels == {"miss": 74, "L2": 1, "L1": 25} and r.degraded_sources == {"social": 1}
+    assert r.degraded_fraction == pytest.approx(0.01)
     assert r.client_cpu_ms_per_req == pytest.approx(1.0) and r.server_cpu_ms_per_req == pytest.approx(2.0)
-    assert r.statuses == {"200": 100, "503": 1, "0": 1} and r.cache_levels == {"miss": 75, "L1": 25}
+    assert r.statuses == {"200": 100, "503": 1, "0": 1}
     assert "| c | 51 |" in table_row("c", r)
     empty = summarize([], duration_s=1.0, concurrency=1, client_cpu_s=0.0)
     assert empty.requests == 0 and math.isnan(empty.p99_ms) and math.isnan(empty.cache_hit_fraction)
@@ -220,6 +224,18 @@ def test_service_process_refuses_non_artifacts_and_bad_workers(tmp_path: Path) -
     with pytest.raises(CandgenError, match="--workers: got 0"):
         ServiceProcess(_snapshot(tmp_path), workers=0)
     assert tree_cpu_seconds(os.getpid()) > 0
+
+
+class _Crashing(ServiceProcess):
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-c", "import sys; print('no artifacts here', file=sys.stderr); sys.exit(3)"]
+
+
+def test_service_process_reports_a_server_that_exits(tmp_path: Path) -> None:
+    svc = _Crashing(_snapshot(tmp_path), log=tmp_path / "serve.log")
+    with pytest.raises(CandgenError, match="exited with code 3: no artifacts here"):
+        svc.start()
+    svc.stop()  # stopping a dead server is a no-op
 
 
 def test_freshness_statistics_and_argument_errors() -> None:

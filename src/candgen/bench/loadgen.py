@@ -104,12 +104,12 @@ class Sample:
     status: int  # 0: transport error
     took_ms: float = float("nan")
     cache: str = ""
-    degraded: bool = False
+    degraded: tuple[str, ...] = ()
     n_candidates: int = 0
 
 
-def parse_answer(body: bytes) -> tuple[float, str, bool, int]:
-    """(took_ms, cache, degraded?, number of candidates) of a candidates answer, without decoding the list.
+def parse_answer(body: bytes) -> tuple[float, str, tuple[str, ...], int]:
+    """(took_ms, cache, degraded sources, number of candidates) of a candidates answer, without decoding the list.
 
     The answer ends with `"degraded": [...], "cache": ..., "took_ms": ...`; decoding only that tail keeps
     the client's CPU per request small (a full decode of 1000 candidates costs ~1 ms).
@@ -118,9 +118,9 @@ def parse_answer(body: bytes) -> tuple[float, str, bool, int]:
     try:
         tail = json.loads(b"{" + body[i:]) if i > 0 else json.loads(body)
         n = body.count(b'"item_id"') if i > 0 else len(tail.get("candidates", []))
-        return float(tail["took_ms"]), str(tail["cache"]), bool(tail["degraded"]), n
+        return float(tail["took_ms"]), str(tail["cache"]), tuple(map(str, tail["degraded"])), n
     except (ValueError, KeyError, TypeError):
-        return float("nan"), "", False, 0
+        return float("nan"), "", (), 0
 
 
 @dataclass
@@ -137,7 +137,7 @@ class LoadResult:
     took_p50_ms: float
     took_p99_ms: float
     errors: int
-    cache_hit_fraction: float
+    cache_hit_fraction: float  # answers served from a stored list (L1 or L3)
     degraded_fraction: float
     mean_candidates: float
     concurrency: int
@@ -146,6 +146,7 @@ class LoadResult:
     statuses: dict[str, int] = field(default_factory=dict)
     mix: dict[str, int] = field(default_factory=dict)
     cache_levels: dict[str, int] = field(default_factory=dict)
+    degraded_sources: dict[str, int] = field(default_factory=dict)
     first_error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -166,23 +167,27 @@ def summarize(samples: Sequence[Sample], *, duration_s: float, concurrency: int,
 
     levels: dict[str, int] = {}
     statuses: dict[str, int] = {}
+    degraded: dict[str, int] = {}
     for s in samples:
+        for src in s.degraded:
+            degraded[src] = degraded.get(src, 0) + 1
         statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
         if s.cache:
             levels[s.cache] = levels.get(s.cache, 0) + 1
     answered = sum(levels.values())
-    hits = answered - levels.get("miss", 0)
+    # L1 and L3 serve a stored list; "L2" only means the user embedding was cached and the list computed
+    hits = levels.get("L1", 0) + levels.get("L3", 0)
     return LoadResult(
         requests=n, duration_s=duration_s, qps=n / duration_s if duration_s > 0 else float("nan"),
         p50_ms=pct(lat, 50), p95_ms=pct(lat, 95), p99_ms=pct(lat, 99),
         max_ms=float(lat.max()) if len(lat) else float("nan"),
         took_p50_ms=pct(took, 50), took_p99_ms=pct(took, 99), errors=n - len(ok),
         cache_hit_fraction=hits / answered if answered else float("nan"),
-        degraded_fraction=sum(s.degraded for s in ok) / len(ok) if ok else float("nan"),
+        degraded_fraction=sum(bool(s.degraded) for s in ok) / len(ok) if ok else float("nan"),
         mean_candidates=float(np.mean([s.n_candidates for s in ok])) if ok else 0.0,
         concurrency=concurrency, client_cpu_ms_per_req=client_cpu_s * 1000.0 / n if n else float("nan"),
         server_cpu_ms_per_req=server_cpu_s * 1000.0 / n if (server_cpu_s is not None and n) else None,
-        statuses=statuses, mix=dict(mix or {}), cache_levels=levels, first_error=first_error,
+        statuses=statuses, mix=dict(mix or {}), cache_levels=levels, degraded_sources=degraded, first_error=first_error,
     )
 
 

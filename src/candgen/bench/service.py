@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,22 +71,30 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoint = Endpoint("127.0.0.1", 0)
 
+    def command(self, port: int) -> list[str]:
+        """The server's command line (benchmarks override it to start a peer service the same way)."""
+        cmd = [sys.executable, "-m", "candgen.cli.main", "serve", str(self.art), "--port", str(port),
+               "--workers", str(self.workers)]
+        return cmd + (["--state", self.state] if self.state else [])
+
     def start(self) -> Endpoint:
         import httpx
 
         port = free_port()
-        cmd = [sys.executable, "-m", "candgen.cli.main", "serve", str(self.art), "--port", str(port),
-               "--workers", str(self.workers)]
-        if self.state:
-            cmd += ["--state", self.state]
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out if self.log else subprocess.PIPE)
+        cmd = self.command(port)
+        # a file, not a pipe: nobody reads a pipe during the run, and a full one would block the server
+        if self.log is None:
+            fd, name = tempfile.mkstemp(prefix="candgen-bench-serve-", suffix=".log")
+            os.close(fd)
+            self.log = Path(name)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=out)
         self.endpoint = Endpoint("127.0.0.1", port)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                msg = self.proc.stderr.read().decode(errors="replace")[-500:] if self.proc.stderr else ""
-                raise CandgenError(f"`candgen serve {self.art}` exited with code {self.proc.returncode}: {msg}")
+                msg = self.log.read_text(errors="replace")[-500:].strip()
+                raise CandgenError(f"`{' '.join(cmd[1:4])}` exited with code {self.proc.returncode}: {msg}")
             try:
                 # every worker must be ready; with several, probe a few times on fresh connections
                 if all(httpx.get(f"{self.endpoint.url}/readyz", timeout=2).status_code == 200
@@ -95,7 +104,7 @@ class ServiceProcess:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise CandgenError(f"`candgen serve {self.art}` was not ready after {self.ready_timeout_s:.0f} s")
+        raise CandgenError(f"`{' '.join(cmd[1:4])}` was not ready after {self.ready_timeout_s:.0f} s")
 
     @property
     def pid(self) -> int:

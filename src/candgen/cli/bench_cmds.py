@@ -90,7 +90,8 @@ def load(
     out.print("|" + "---|" * 13, highlight=False)
     out.print(table_row(name, result), highlight=False, soft_wrap=True)
     out.print(f"requests {result.requests} in {result.duration_s:.1f} s; mix {result.mix}; cache levels "
-              f"{result.cache_levels}; mean candidates {result.mean_candidates:.0f}"
+              f"{result.cache_levels}; degraded sources {result.degraded_sources}; "
+              f"mean candidates {result.mean_candidates:.0f}"
               + (f"; first error: {result.first_error}" if result.first_error else ""), highlight=False, soft_wrap=True)
 
 

@@ -1,0 +1,93 @@
+"""Service benchmark, end to end over HTTP: candgen's service and a hand-built peer side by side, one table.
+
+    .venv/bin/python benchmarks/service/run.py --art 100k=/tmp/a100k --art 1M=/tmp/a1m \\
+        [--duration 15] [--concurrency 8] [--k 1000] [--only 1M] [--json out.json]
+
+Every row starts the server on a free port (candgen: `candgen serve ART --workers N [--state redis://]`;
+peer: benchmarks/service/peer.py), waits until it is ready, runs the closed-loop load generator of
+`candgen bench load` with --cache-miss (every request a distinct user; warm users from the artifacts'
+snapshot, 10% cold users, contexts) and stops the server. Columns: client-side QPS and latency, the
+server's own `took_ms`, errors, the fraction answered from a stored list (L1/L3: must be ~0), degraded
+answers, and CPU per request of the server process tree and of the client, read from /proc over the
+measured window. CPU per request is the figure the machine's load disturbs least: 2 cores x 1000 /
+(server CPU ms per request) is the QPS two free cores would sustain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from candgen.bench.loadgen import TABLE_HEADER, Workload, run_load, table_row, warm_users_from_artifacts
+from candgen.bench.service import ServiceProcess
+
+REDIS = "redis://127.0.0.1:6379/13"  # this benchmark's own database: flushed before every Redis row
+PEER = Path(__file__).with_name("peer.py")
+
+
+class PeerProcess(ServiceProcess):
+    """The peer service (peer.py) started and measured the same way as candgen."""
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, str(PEER), "--art", str(self.art), "--port", str(port), "--workers",
+                str(self.workers), "--redis", REDIS]
+
+
+def loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--art", action="append", required=True, help="NAME=ARTIFACTS_DIR (repeatable)")
+    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--k", type=int, default=1000)
+    ap.add_argument("--only", default="", help="comma-separated names of --art to run (default: all)")
+    ap.add_argument("--cases", default="ours-1w,ours-2w,ours-1w-redis,ours-2w-redis,peer-1w,peer-2w",
+                    help="comma-separated rows to run per artifacts dir")
+    ap.add_argument("--json", dest="json_out", default="", help="also write the rows as JSON here")
+    a = ap.parse_args()
+    arts = dict(x.split("=", 1) for x in a.art)
+    only = [x for x in a.only.split(",") if x]
+    rows: list[dict[str, object]] = []
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load average "
+          f"{loadavg():.1f}; k={a.k}, {a.concurrency} clients, {a.duration:.0f} s per row, cache miss", flush=True)
+    print("| items " + TABLE_HEADER + " load avg |")
+    print("|" + "---|" * 15, flush=True)
+    for name, art in arts.items():
+        if only and name not in only:
+            continue
+        users = warm_users_from_artifacts(Path(art))
+        for case in a.cases.split(","):
+            who, workers_s, *rest = case.split("-")
+            workers = int(workers_s.rstrip("w"))
+            state = REDIS if rest == ["redis"] else None
+            if state:
+                redis.Redis.from_url(REDIS).flushdb()
+            cls = PeerProcess if who == "peer" else ServiceProcess
+            svc = cls(Path(art), workers=workers, state=state)
+            workload = Workload(warm_users=users, k=a.k, cold_fraction=0.1, cache_miss=True, seed=len(rows))
+            load0 = loadavg()
+            with svc:
+                res = asyncio.run(run_load(svc.endpoint, workload, concurrency=a.concurrency, duration_s=a.duration,
+                                           warmup_s=a.warmup, server_cpu=svc.cpu_seconds))
+            label = (f"peer {workers}w faiss+redis zset" if who == "peer"
+                     else f"candgen {workers}w {'redis' if state else 'embedded'}")
+            print(f"| {name} " + table_row(label, res) + f" {load0:.0f}-{loadavg():.0f} |", flush=True)
+            print(f"|   | (degraded: {res.degraded_sources}; cache levels {res.cache_levels}) |", file=sys.stderr)
+            rows.append({"items": name, "case": label, **res.as_dict(), "load_avg": [load0, loadavg()]})
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
