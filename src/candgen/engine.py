@@ -23,6 +23,7 @@ Thread-safety: every public method may be called from many threads at once.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -45,7 +46,7 @@ from candgen.errors import CandgenError, UnknownIdError
 from candgen.online import CachedUserEncoder, QualityMonitor
 from candgen.runtime import Runtime
 from candgen.serve.protocol import CandidatesResult, EventIn, ItemIn, UserProfileIn
-from candgen.sources.base import CandidateSource, UserContext
+from candgen.sources.base import CandidateSource, UserContext, union
 from candgen.types import Candidates, Request
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ class Engine:
             extra = state.catalog.items.lookup(req.exclude)
             extra = extra[extra >= 0]
             if len(extra):
-                ctx.exclude = np.union1d(ctx.exclude, extra)
+                ctx.exclude = union(ctx.exclude, extra)
         return ctx
 
     def plan(self, ctx: UserContext, rt: Runtime) -> Plan:
@@ -339,14 +340,28 @@ class Engine:
         t = time.perf_counter()
         return source.retrieve(ctx, k), time.perf_counter() - t
 
+    @staticmethod
+    def fetch_sizes(rt: Runtime, plan: Plan, k: int) -> dict[str, int]:
+        """How many candidates to ask each source for: its share of k times `sources.overfetch` (so that a
+        source's unused quota can flow to the others and filters have slack), capped at k; the new-item
+        source only fills the exploration slots."""
+        total = sum(plan.mix.values()) or 1.0
+        over = rt.config.sources.overfetch
+        sizes = {n: min(k, max(10, math.ceil(k * w / total * over))) for n, w in plan.mix.items()}
+        frac = rt.config.blend.exploration_fraction
+        if frac > 0 and "new_items" in rt.sources:
+            sizes["new_items"] = max(1, math.ceil(k * frac * 2))
+        return sizes
+
     def run_sources(
-        self, rt: Runtime, names: list[str], ctx: UserContext, k: int, t_start: float,
+        self, rt: Runtime, fetch: dict[str, int], ctx: UserContext, t_start: float,
     ) -> tuple[list[Candidates], list[str], dict[str, float]]:
-        """Every named source in parallel; those that fail or miss their deadline are named in `degraded`."""
+        """Every source of `fetch` (name → how many) in parallel; those that fail or miss their deadline are
+        named in `degraded`."""
         deadlines = rt.config.sources.deadline_ms
         request_end = t_start + rt.config.serve.request_deadline_ms / 1000.0
         futures: dict[str, Future[tuple[Candidates, float]]] = {
-            n: self._pool.submit(self._retrieve, rt.sources[n], ctx, k) for n in names
+            n: self._pool.submit(self._retrieve, rt.sources[n], ctx, m) for n, m in fetch.items()
         }
         lists: list[Candidates] = []
         degraded: list[str] = []
@@ -406,12 +421,9 @@ class Engine:
         plan = plan if plan is not None else self.plan(ctx, rt)
         variant = plan.variant or ("cold" if plan.cold else "default")
         t_ctx = time.perf_counter()
-        names = list(plan.mix)
-        explores = rt.config.blend.exploration_fraction > 0 and "new_items" in rt.sources
-        if explores:
-            names.append("new_items")
-        # each source is asked for k: unused quota of a short source flows to the others
-        lists, degraded, timings = self.run_sources(rt, names, ctx, req.k, t0)
+        fetch = self.fetch_sizes(rt, plan, req.k)
+        explores = "new_items" in fetch
+        lists, degraded, timings = self.run_sources(rt, fetch, ctx, t0)
         t_src = time.perf_counter()
         explore = next((c for c in lists if c.source == "new_items"), None) if explores else None
         lists = [c for c in lists if c.source != "new_items"]

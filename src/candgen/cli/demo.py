@@ -116,7 +116,9 @@ def demo(
         out.print(f"candgen serve is ready at {base} (API docs at {base}/docs; log {log_path})")
         counts = np.bincount(ds.interactions.user, minlength=ds.n_users)
         warm = [ds.users.id(int(u)) for u in np.argsort(-counts)[:50]]
-        with httpx.Client(base_url=base, timeout=10) as client:
+        key = os.environ.get("CANDGEN_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with httpx.Client(base_url=base, timeout=10, headers=headers) as client:
             for title, body in (
                 ("a warm user", {"user_id": warm[0], "k": 1000}),
                 ("a user nobody knows (cold start)", {"user_id": "demo-new-user", "k": 1000,
@@ -130,6 +132,7 @@ def demo(
             r = client.post("/v1/candidates", json={"user_id": warm[0], "k": 1000})
             out.print(f"the same request again: cache {r.json()['cache']}, round trip "
                       f"{(time.perf_counter() - t) * 1000:.1f} ms")
+            _freshness(client, ds, seed)
             lat = []
             rng = np.random.default_rng(seed)
             t_all = time.perf_counter()
@@ -154,6 +157,47 @@ def demo(
         _evaluate(ds, cfg, out_dir, quiet)
     out.print(f"[bold green]demo done[/] in {time.perf_counter() - t_start:.0f} s; artifacts in {art}; "
               f"try: candgen recommend {art} --user {ds.users.id(0)} --k 20 --explain")
+
+
+def _until(pred: Any, seconds: float = 5.0) -> float | None:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if pred():
+            return (time.perf_counter() - t0) * 1000
+        time.sleep(0.005)
+    return None
+
+
+def _freshness(client: Any, ds: Any, seed: int) -> None:
+    """Writes over the API and how fast every source sees them."""
+    def ids(user: str) -> list[str]:
+        r = client.post("/v1/candidates", json={"user_id": user, "k": 1000})
+        r.raise_for_status()
+        return [c["item_id"] for c in r.json()["candidates"]]
+
+    tag = ds.tags.id(int(np.bincount(ds.item_tags.idx).argmin())) if len(ds.item_tags.idx) else "demo-tag"
+    profile = {"interests": [tag], "attributes": {"country": "DE"}}
+    client.put("/v1/users/demo-onboarded", json=profile).raise_for_status()
+    client.post("/v1/items", json={"items": [{"item_id": "demo-fresh-item", "tags": [tag], "category": "news",
+                                              "creator_id": "demo-creator", "title": "just published"}]}
+                ).raise_for_status()
+    lag = _until(lambda: "demo-fresh-item" in ids("demo-onboarded"))
+    out.print(f"POST /v1/items: a new item (tag '{tag}') is in a newly onboarded user's candidates after "
+              + (f"{lag:.0f} ms" if lag is not None else "more than 5 s"))
+    engaged = set(np.unique(ds.interactions.item).tolist())
+    quiet_item = next((ds.items.id(i) for i in range(ds.n_items) if i not in engaged), ds.items.id(ds.n_items - 1))
+    client.post("/v1/events", json={"events": [{"user_id": f"demo-fan-{i}", "item_id": quiet_item, "event": "share"}
+                                               for i in range(200)]}).raise_for_status()
+    lag = _until(lambda: quiet_item in ids("demo-someone-new"))
+    out.print("POST /v1/events: 200 shares of a never-engaged item put it in a new user's candidates (trending) "
+              "after " + (f"{lag:.0f} ms" if lag is not None else "more than 5 s"))
+    user = ds.users.id(int(np.argmax(np.bincount(ds.interactions.user))))
+    victim = ids(user)[0]
+    client.post("/v1/events", json={"events": [{"user_id": user, "item_id": victim, "event": "view"}]}
+                ).raise_for_status()
+    lag = _until(lambda: victim not in ids(user))
+    out.print("a view of the top candidate removes it from that user's list (seen filter) after "
+              + (f"{lag:.0f} ms" if lag is not None else "more than 5 s"))
 
 
 def _evaluate(ds: Any, cfg: Any, out_dir: Path, quiet: bool) -> None:
