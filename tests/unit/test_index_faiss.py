@@ -238,3 +238,10 @@ def test_mmap_load_maps_the_files_instead_of_reading_them(tmp_path, kind):
     if kind == "ivfpq":
         assert str((tmp_path / kind / "vectors.npy").resolve()) in maps
     assert np.array_equal(mapped.search(clustered(2, 8, seed=1), k=5).ids, idx.search(clustered(2, 8, seed=1), k=5).ids)
+
+
+def test_huge_finite_query_is_accepted():
+    idx = FlatIndex(dim=4)
+    idx.add(clustered(3, 4), np.arange(3))
+    q = np.full((1, 4), 1e30, np.float32)  # its dot product overflows float32, yet it is finite
+    assert (idx.search(q, k=2).ids >= 0).all()
