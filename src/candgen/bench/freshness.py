@@ -13,6 +13,7 @@ shows its effect (reads poll on fresh connections, so with several workers they 
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,10 +41,11 @@ class FreshnessResult:
     write_p50_ms: float
     first_read_fraction: float  # share of trials whose first read after the write's answer showed it
     failed: int
+    invalid: int = 0  # trials skipped: the effect was there before the write
 
 
 def summarize_lags(scenario: str, lags_ms: Sequence[float], writes_ms: Sequence[float],
-                   first_read: Sequence[bool], failed: int) -> FreshnessResult:
+                   first_read: Sequence[bool], failed: int, invalid: int = 0) -> FreshnessResult:
     lags = np.asarray(lags_ms, dtype=np.float64)
     nan = float("nan")
     return FreshnessResult(
@@ -53,6 +55,7 @@ def summarize_lags(scenario: str, lags_ms: Sequence[float], writes_ms: Sequence[
         max_ms=float(lags.max()) if len(lags) else nan,
         write_p50_ms=float(np.median(writes_ms)) if len(writes_ms) else nan,
         first_read_fraction=float(np.mean(first_read)) if len(first_read) else nan, failed=failed,
+        invalid=invalid,
     )
 
 
@@ -64,14 +67,21 @@ class FreshnessProbe:
         self.url = endpoint.url
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.writer = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        # "Connection: close" makes every read a fresh TCP connection (any worker may take it) without
+        # building a new client per read (an httpx.Client costs ~10-50 ms to create: SSL context)
+        self.reader = httpx.Client(base_url=self.url, headers={"Connection": "close"}, timeout=30)
         self.warm = list(warm_users)
         self.unengaged = list(unengaged_items)
         self.k, self.timeout_s = k, timeout_s
         self.tag = tag or f"{int(time.time() * 1000) % 10**9:x}"
         self._warm_next = 0
+        # another order per run: an earlier run's bursts (kept in the service's journal) must not be reused
+        random.Random(self.tag).shuffle(self.unengaged)
+        random.Random(self.tag).shuffle(self.warm)
 
     def close(self) -> None:
         self.writer.close()
+        self.reader.close()
 
     def _write(self, method: str, path: str, body: Any = None) -> None:
         r = self.writer.request(method, path, json=body)
@@ -81,8 +91,7 @@ class FreshnessProbe:
 
     def read_ids(self, user_id: str) -> list[str]:
         """One candidates read on a fresh connection (so several workers share the reads)."""
-        r = httpx.post(f"{self.url}/v1/candidates", json={"user_id": user_id, "k": self.k}, timeout=30,
-                       headers={"Connection": "close"})
+        r = self.reader.post("/v1/candidates", json={"user_id": user_id, "k": self.k})
         if r.status_code != 200:
             raise CandgenError(f"POST /v1/candidates: HTTP {r.status_code} {r.text[:200]}")
         return [c["item_id"] for c in r.json()["candidates"]]
@@ -107,7 +116,8 @@ class FreshnessProbe:
                 return None, False
 
     def trial(self, scenario: str, i: int) -> tuple[float | None, float, bool]:
-        """One trial: (lag ms or None, write ms, seen on the first read)."""
+        """One trial: (lag ms or None, write ms, seen on the first read); write ms 0: invalid trial (the
+        trending item was already in a cold user's list before the burst)."""
         tag = f"{self.tag}-{i}"
         if scenario == "new_item":
             item, user, label = f"bench-new-{tag}", f"bench-onboard-{tag}", f"bench-tag-{tag}"
@@ -123,6 +133,8 @@ class FreshnessProbe:
                 item = f"bench-burst-{tag}"
                 self._write("POST", "/v1/items", {"items": [{"item_id": item}]})
             user = f"bench-cold-fresh-{tag}"
+            if item in self.read_ids(f"bench-cold-control-{tag}"):  # a cold user had it before the burst
+                return None, 0.0, False
             events = [{"user_id": f"bench-sharer-{tag}-{j}", "item_id": item, "event": "share"} for j in range(20)]
             t0 = time.perf_counter()
             self._write("POST", "/v1/events", {"events": events})
@@ -156,9 +168,12 @@ class FreshnessProbe:
         out = []
         for sc in scenarios:
             p.task(f"freshness {sc}", total=repeat)
-            lags, writes, firsts, failed = [], [], [], 0
+            lags, writes, firsts, failed, invalid = [], [], [], 0, 0
             for i in range(repeat):
                 lag, w, first = self.trial(sc, i)
+                if w == 0.0:
+                    invalid += 1
+                    continue
                 writes.append(w)
                 if lag is None:
                     failed += 1
@@ -167,7 +182,7 @@ class FreshnessProbe:
                     firsts.append(first)
                 p.advance(f"freshness {sc}")
             p.done(f"freshness {sc}")
-            out.append(summarize_lags(sc, lags, writes, firsts, failed))
+            out.append(summarize_lags(sc, lags, writes, firsts, failed, invalid=invalid))
         return out
 
 
@@ -186,10 +201,10 @@ def unengaged_items_from_artifacts(art: Any, limit: int = 1000) -> list[str]:
 
 
 FRESHNESS_HEADER = ("| scenario | trials | lag p50 ms | lag p99 ms | lag max ms | write p50 ms | on first read "
-                    "| failed |")
+                    "| failed | invalid |")
 
 
 def freshness_row(r: FreshnessResult, prefix: str = "") -> str:
     return (f"| {prefix}{r.scenario} | {r.trials} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.max_ms:.1f} "
-            f"| {r.write_p50_ms:.1f} | {r.first_read_fraction:.2f} | {r.failed} |")
+            f"| {r.write_p50_ms:.1f} | {r.first_read_fraction:.2f} | {r.failed} | {r.invalid} |")
 

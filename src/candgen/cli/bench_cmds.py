@@ -136,7 +136,7 @@ def freshness(
     if as_json:
         out.print_json(json.dumps([asdict(r) for r in results]))
         return
-    out.print(FRESHNESS_HEADER, highlight=False)
-    out.print("|" + "---|" * 8, highlight=False)
+    out.print(FRESHNESS_HEADER, highlight=False, soft_wrap=True)
+    out.print("|" + "---|" * 9, highlight=False)
     for r in results:
-        out.print(freshness_row(r), highlight=False)
+        out.print(freshness_row(r), highlight=False, soft_wrap=True)
