@@ -99,6 +99,9 @@ class SourcesConfig:
     # each source is asked for its share of k times this (capped at k): slack for filters and for the quota
     # that short sources leave to the others
     overfetch: float = 2.0
+    # at train time, choose the trending/popularity half-life and the mixes on a held-out slice of the
+    # training log (candgen.calibrate); off: use the values above as they are
+    calibrate: bool = True
     new_item_budget: int = 1000
     new_item_max_age_hours: float = 48.0
 

@@ -73,6 +73,15 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
         index.save(tmp / "index")
         progress.advance("index", 1)
         seconds["index"] = time.perf_counter() - t
+        extra: dict[str, object] = {}
+        if config.sources.calibrate:
+            from candgen.calibrate import calibrate
+
+            t = time.perf_counter()
+            cal = calibrate(ds, config=config, model=model, index=index, vectors=vectors, progress=progress)
+            config = cal.config
+            extra["calibration"] = cal.report
+            seconds["calibrate"] = time.perf_counter() - t
         t = time.perf_counter()
         progress.task("sources", total=1)
         sources = build_sources(ds, config=config, model=model, index=index, item_vectors=vectors, now=now)
@@ -84,7 +93,7 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
             model_version=model.version, dataset_fingerprint=fingerprint(ds), data_end_time=now,
             config=config.to_dict(),
             counts={"users": ds.n_users, "items": ds.n_items, "interactions": len(ds.interactions)},
-            extra={"index_kind": index.kind, "seconds": seconds},
+            extra={"index_kind": index.kind, "seconds": seconds, **extra},
         ).write(tmp)
         _replace_dir(tmp, out)
     except BaseException:

@@ -283,3 +283,35 @@ def test_quality_monitor_reports_diversity_and_ann_recall(world, served):
     res2 = served.candidates(Request(user_id=uid, k=50, context={"hour": "4"}))
     got = {**res.quality, **res2.quality}
     assert 0.0 <= got["diversity"] <= 2.0
+
+
+def test_calibration_picks_from_the_grids_and_is_recorded(world):
+    from candgen.calibrate import COLD_MIXES, HALF_LIVES_H, WARM_MIXES, calibrate
+
+    _, ds = world
+    e = Engine.load(world[0] / "art")
+    try:
+        cfg = tiny_config()
+        cal = calibrate(ds, config=cfg, model=e.rt.model, index=e.rt.index, vectors=e.rt.item_vectors,
+                        max_users=60)
+    finally:
+        e.close()
+    if "skipped" in cal.report:
+        pytest.fail(f"the tiny world should be big enough to calibrate: {cal.report}")
+    assert cal.config.sources.trending_half_life_hours in HALF_LIVES_H
+    assert cal.config.sources.popular_half_life_hours == cal.config.sources.trending_half_life_hours
+    assert cal.config.sources.mix in [cfg.sources.mix, *WARM_MIXES]
+    assert cal.config.sources.cold_user_mix in [cfg.sources.cold_user_mix, *COLD_MIXES]
+    assert cfg.sources.trending_half_life_hours == 6.0  # the caller's config is not modified
+    assert set(cal.report["half_life_recall"]) == {str(h) for h in HALF_LIVES_H}
+    m = Manifest.read(world[0] / "art")
+    assert m.config["sources"]["trending_half_life_hours"] in HALF_LIVES_H and "calibration" in m.extra
+
+
+def test_calibration_is_skipped_without_enough_validation_users(world):
+    from candgen.calibrate import calibrate
+
+    _, ds = world
+    small = ds.with_interactions(ds.interactions.take(np.arange(40)))
+    cal = calibrate(small, config=tiny_config(), model=None, index=None, vectors=np.zeros((0, 16), np.float32))
+    assert "skipped" in cal.report and cal.config.sources.mix == tiny_config().sources.mix
