@@ -245,3 +245,20 @@ def test_huge_finite_query_is_accepted():
     idx.add(clustered(3, 4), np.arange(3))
     q = np.full((1, 4), 1e30, np.float32)  # its dot product overflows float32, yet it is finite
     assert (idx.search(q, k=2).ids >= 0).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_batch_mixing_small_large_and_no_excludes(kind):
+    x = clustered(600, 8, seed=11)
+    idx = open_index(kind, 8, **({"nlist": 8} if kind == "ivf" else {}))
+    idx.add(x, np.arange(600))
+    truth = np.argsort(-(x[:3] @ x.T), axis=1)
+    small = set(truth[0, :5].tolist())  # over-fetched and filtered
+    large = set(truth[1, :300].tolist())  # above the limit: a selector search of its own
+    res = idx.search(x[:3], k=20, exclude=[small, large, None])
+    assert not set(res.ids[0].tolist()) & small and not set(res.ids[1].tolist()) & large
+    assert ((res.ids >= 0).sum(axis=1) == 20).all()
+    if kind == "flat":  # exact: the next 20 after the excluded ones
+        assert res.ids[0].tolist() == truth[0, 5:25].tolist()
+        assert res.ids[1].tolist() == truth[1, 300:320].tolist()
+        assert res.ids[2].tolist() == truth[2, :20].tolist()
