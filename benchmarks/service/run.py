@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--only", default="", help="comma-separated names of --art to run (default: all)")
     ap.add_argument("--cases", default="ours-1w,ours-2w,ours-1w-redis,ours-2w-redis,peer-1w,peer-2w",
-                    help="comma-separated rows to run per artifacts dir")
+                    help="comma-separated rows per artifacts dir: WHO-Nw[-redis][-cCLIENTS]")
     ap.add_argument("--json", dest="json_out", default="", help="also write the rows as JSON here")
     a = ap.parse_args()
     arts = dict(x.split("=", 1) for x in a.art)
@@ -70,7 +70,8 @@ def main() -> None:
         for case in a.cases.split(","):
             who, workers_s, *rest = case.split("-")
             workers = int(workers_s.rstrip("w"))
-            state = REDIS if rest == ["redis"] else None
+            state = REDIS if "redis" in rest else None
+            clients = int(next((r[1:] for r in rest if r.startswith("c")), a.concurrency))
             if state:
                 redis.Redis.from_url(REDIS).flushdb()
             cls = PeerProcess if who == "peer" else ServiceProcess
@@ -78,10 +79,10 @@ def main() -> None:
             workload = Workload(warm_users=users, k=a.k, cold_fraction=0.1, cache_miss=True, seed=len(rows))
             load0 = loadavg()
             with svc:
-                res = asyncio.run(run_load(svc.endpoint, workload, concurrency=a.concurrency, duration_s=a.duration,
+                res = asyncio.run(run_load(svc.endpoint, workload, concurrency=clients, duration_s=a.duration,
                                            warmup_s=a.warmup, server_cpu=svc.cpu_seconds))
             label = (f"peer {workers}w faiss+redis zset" if who == "peer"
-                     else f"candgen {workers}w {'redis' if state else 'embedded'}")
+                     else f"candgen {workers}w {'redis' if state else 'embedded'}") + f" c={clients}"
             print(f"| {name} " + table_row(label, res) + f" {load0:.0f}-{loadavg():.0f} |", flush=True)
             print(f"|   | (degraded: {res.degraded_sources}; cache levels {res.cache_levels}) |", file=sys.stderr)
             rows.append({"items": name, "case": label, **res.as_dict(), "load_avg": [load0, loadavg()]})

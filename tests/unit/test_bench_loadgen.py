@@ -103,8 +103,16 @@ def test_cache_miss_mix_never_repeats_a_user_and_falls_back_to_cold_users() -> N
     mix = RequestMix(Workload(warm_users=[f"u{i}" for i in range(50)], cold_fraction=0.2, cache_miss=True), "t")
     users = [json.loads(mix.next_body())["user_id"] for _ in range(200)]
     assert len(set(users)) == 200
-    assert mix.kinds["warm"] == 50 and mix.kinds["cold"] == 150 and mix.kinds["warm_exhausted"] > 0
+    assert mix.kinds["warm"] == 50 and mix.kinds["cold"] == 150
+    assert 80 < mix.kinds["warm_exhausted"] < 150  # ~0.8 of the 150 drawn after the 50 warm users ran out
     assert all(u.startswith("bench-cold-t-") for u in users if not u.startswith("u"))
+
+
+def test_no_warm_user_counts_as_exhausted_while_warm_users_remain() -> None:
+    mix = RequestMix(Workload(warm_users=[f"u{i}" for i in range(1000)], cold_fraction=0.3, cache_miss=True), "t")
+    for _ in range(500):
+        mix.next_body()
+    assert mix.kinds["warm_exhausted"] == 0 and 100 < mix.kinds["cold"] < 200
 
 
 def test_hit_ratio_repeats_users_and_bodies_carry_k_and_a_context() -> None:

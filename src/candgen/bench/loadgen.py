@@ -80,12 +80,12 @@ class RequestMix:
         if self._asked and not w.cache_miss and self.rng.random() < w.hit_ratio:
             user = self.rng.choice(self._asked)
             self.kinds["repeat"] += 1
-        elif self.rng.random() >= w.cold_fraction and self._next_warm < len(self._warm):
+        elif (want_warm := self.rng.random() >= w.cold_fraction) and self._next_warm < len(self._warm):
             user = self._warm[self._next_warm]
             self._next_warm += 1
             self.kinds["warm"] += 1
         else:
-            if self.rng.random() >= w.cold_fraction:  # wanted a warm user but every one was asked already
+            if want_warm:  # wanted a warm user but every one was asked already
                 self.kinds["warm_exhausted"] += 1
             self._cold_n += 1
             user = f"bench-cold-{self._tag}-{self._cold_n}"
