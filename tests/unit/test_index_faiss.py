@@ -262,3 +262,12 @@ def test_batch_mixing_small_large_and_no_excludes(kind):
         assert res.ids[0].tolist() == truth[0, 5:25].tolist()
         assert res.ids[1].tolist() == truth[1, 300:320].tolist()
         assert res.ids[2].tolist() == truth[2, :20].tolist()
+
+
+def test_isin_sorted_matches_numpy():
+    from candgen.index.faiss_base import _isin_sorted
+
+    rng = np.random.default_rng(0)
+    s = np.unique(rng.integers(0, 50, 7))
+    v = rng.integers(-2, 60, 200)
+    assert (_isin_sorted(v, s) == np.isin(v, s)).all()

@@ -238,7 +238,10 @@ class VectorIndex(abc.ABC):
             arr = np.fromiter(e, dtype=np.int64) if isinstance(e, set | frozenset) else np.asarray(e)
             if arr.size and not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"exclude entries must be integer ids, got dtype {arr.dtype}")
-            out.append(np.unique(arr.astype(np.int64, copy=False).ravel()))
+            arr = np.sort(arr.astype(np.int64, copy=False).ravel())
+            if len(arr) > 1 and (arr[1:] == arr[:-1]).any():  # np.unique only when needed (slow in numpy 2.4)
+                arr = np.unique(arr)
+            out.append(arr)
         return out if any(len(e) for e in out) else None
 
     # ---- self-describing save -----------------------------------------------------------------

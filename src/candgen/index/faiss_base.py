@@ -55,6 +55,14 @@ def faiss_params(kind: str = "", **fields: Any) -> Any:
     return getattr(faiss, f"SearchParameters{kind}")(**fields)
 
 
+def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """`np.isin(values, sorted_set)` for a sorted, non-empty set by binary search: ~10x faster than
+    numpy 2.4's `isin` on a 1000-long row and a small set (the exclude hot path)."""
+    pos = np.searchsorted(sorted_set, values)
+    np.minimum(pos, len(sorted_set) - 1, out=pos)
+    return sorted_set[pos] == values
+
+
 def _grow(a: np.ndarray, size: int, fill: float | int) -> np.ndarray:
     """`a` with room for at least `size` rows (amortised doubling), new rows set to `fill`."""
     if size <= a.shape[0]:
@@ -346,7 +354,7 @@ class FaissIndex(VectorIndex):
             sc, sl = self._faiss_search(q[rows] if len(rows) < nq else q, fetch, base_sel)
             for j, i in enumerate(rows):
                 if len(ex_slots[i]):
-                    sl[j, np.isin(sl[j], ex_slots[i])] = -1
+                    sl[j, _isin_sorted(sl[j], ex_slots[i])] = -1
             scores[rows, :fetch], slots[rows, :fetch] = sc, sl
         for i in np.flatnonzero(big):
             w = max(int(want[i]), 1)
