@@ -76,14 +76,15 @@ def test_mix_is_50_popular_30_interests_20_random(world):
                       attributes={"age_group": "18-24", "country": "US", "language": "en"})
     c = src.retrieve(ctx, 100)
     names = ds.items.ids(c.ids)
-    popular = [n for n in names if n.startswith("p")]
+    top50 = {f"p{i}" for i in range(50)}
+    popular = [n for n in names if n in top50]  # the random share may also draw other "p" items
     jazz = [n for n in names if n.startswith("t")]
     assert len(c) == 100 and len(set(names)) == 100
-    assert len(popular) == 50 and popular == [f"p{i}" for i in range(50)]
+    assert popular == [f"p{i}" for i in range(50)]
     assert 30 <= len(jazz) <= 30 + 20  # random items may also be jazz items
     assert len(popular) + len(jazz) <= 100
     first20 = ds.items.ids(c.ids[:20])
-    assert 7 <= sum(n.startswith("p") for n in first20) <= 13  # every prefix keeps the mix
+    assert 7 <= sum(n in top50 for n in first20) <= 13  # every prefix keeps the mix
 
 
 def test_without_interests_their_share_goes_to_popular(world):
