@@ -33,7 +33,7 @@ def clustered(n: int, dim: int, *, clusters: int = 20, seed: int = 0) -> np.ndar
 
 
 def point(recall: float, p50: float, **params: int) -> OperatingPoint:
-    return OperatingPoint(params=params, recall=recall, p50_ms=p50, p99_ms=2 * p50, qps=1000 / p50)
+    return OperatingPoint(params=params, recall=recall, p50_ms=p50, p99_ms=2 * p50, qps=1000 / p50, cpu_p50_ms=p50)
 
 
 def test_ground_truth_recall_and_queries():
@@ -75,6 +75,8 @@ def test_pick_cheapest_table_and_plot(tmp_path):
     assert pick_cheapest(pts, 0.995) is None
     table = markdown_table(pts, k=100, target_recall=0.95, chosen=best)
     assert "recall@100" in table and "| nprobe=32 | 0.9600 |" in table and "**chosen**" in table
+    cheaper_cpu = [point(0.97, 0.9, nprobe=64), OperatingPoint({"nprobe": 96}, 0.98, 0.5, 1.0, 2000, cpu_p50_ms=0.1)]
+    assert pick_cheapest([*cheaper_cpu, point(0.99, 0.4, nprobe=128)], 0.95).params == {"nprobe": 96}
     assert table.count("meets target") == 1
     png = tmp_path / "t.png"
     plot_operating_points(pts, png, k=100, target_recall=0.95, chosen=best)

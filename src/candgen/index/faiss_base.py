@@ -346,6 +346,17 @@ class FaissIndex(VectorIndex):
         big = np.array([len(s) > limit for s in ex_slots])
         small_max = max((len(s) for s, b in zip(ex_slots, big, strict=True) if not b), default=0)
         fetch = min(k + small_max, self._count)
+        if nq == 1 and not big[0]:  # the serving case: one user, a few seen/blocked items
+            sc, sl = self._faiss_search(q, fetch, base_sel)
+            keep = ~_isin_sorted(sl[0], ex_slots[0]) if len(ex_slots[0]) else np.ones(fetch, dtype=bool)
+            keep &= sl[0] >= 0
+            got = self._ext[sl[0][keep][:k]]
+            if len(got) >= want[0]:
+                out_ids = np.full((1, k), -1, dtype=np.int64)
+                out_scores = np.full((1, k), -np.inf, dtype=np.float32)
+                out_ids[0, : len(got)] = got
+                out_scores[0, : len(got)] = sc[0][keep][: len(got)]
+                return BatchCandidates(out_ids, out_scores)
         width = max(fetch, int(want.max(initial=1)), 1)
         scores = np.full((nq, width), -np.inf, dtype=np.float32)
         slots = np.full((nq, width), -1, dtype=np.int64)
