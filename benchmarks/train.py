@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], help="ModelConfig override NAME=VALUE (repeatable)")
     ap.add_argument("--no-refit", action="store_true")
+    ap.add_argument("--throughput-only", action="store_true", help="only the training-step throughput table")
     ap.add_argument("--no-als", action="store_true")
     ap.add_argument("--only-als", action="store_true")
     args = ap.parse_args()
@@ -121,6 +122,11 @@ def main() -> None:
         ("split", f"time quantile {args.fraction}: {len(split.train.interactions)} train rows, "
                   f"{sum(1 for t in truth if t)} warm test users with ground truth"),
     ]
+    for threads in (1, 2):
+        wall, cpu = step_throughput(split.train, cfg, events, threads=threads)
+        rows.append((f"training steps, {threads} thread(s)", f"{wall:,.0f} examples/s wall, {cpu:,.0f} per CPU-second"))
+    if args.throughput_only:
+        args.only_als = args.no_als = True
     if not args.only_als:
         rows += two_tower_rows(split, cfg, events, warm, truth, args.k, train_two_tower, not args.no_refit)
     if not args.no_als:
@@ -152,6 +158,37 @@ def two_tower_rows(split, cfg, events, warm, truth, k, train_two_tower, refit): 
     rows.append((f"two-tower recall@{k} (warm)", f"{recall(rec.ids, truth, k):.4f}"))
     rows.append(("embed_user median latency", f"{embed_user_latency(model, split.train, events) * 1e3:.3f} ms"))
     return rows
+
+
+def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, threads: int,
+                    steps: int = 40) -> tuple[float, float]:
+    """Examples per second of plain training steps (no validation) with the given config, wall and per CPU-second."""
+    import torch
+
+    from candgen.model.features import FeatureSpace, PositiveLog, negatives_by_user
+    from candgen.model.train import _log_q_table, _Trainer
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        space = FeatureSpace.from_dataset(ds, id_buckets=cfg.id_buckets, history_len=cfg.history_len)
+        tr = _Trainer(ds, space, cfg, events)
+        log = PositiveLog.build(ds.interactions, events, ds.n_users)
+        neg = negatives_by_user(ds.interactions, events, ds.n_users)
+        bs = cfg.batch_size
+        log_q = _log_q_table(log, ds.n_items, bs, cfg.random_negatives)
+        perm = np.random.default_rng(0).permutation(len(log.item))
+        tr.refresh_bank()
+        batches = [perm[(i * bs) % (len(perm) - bs):][:bs] for i in range(steps + 5)]
+        for b in batches[:5]:  # warm-up
+            tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
+        t, c = time.perf_counter(), time.process_time()
+        for b in batches[5:]:
+            tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        return steps * bs / wall, steps * bs / cpu
+    finally:
+        torch.set_num_threads(prev)
 
 
 def embed_user_latency(model: TwoTowerModel, ds: Dataset, events: EventsConfig, n: int = 2000) -> float:

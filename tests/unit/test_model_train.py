@@ -73,15 +73,16 @@ def test_new_user_with_interests_only_gets_their_topic(world, trained):
 
 @pytest.mark.parametrize("loss", ["contrastive", "triplet"])
 def test_other_losses_train_too(world, loss):
-    model = train_two_tower(world, config=small_config(loss=loss, epochs=4, learning_rate=0.01), events=EVENTS)
+    model = train_two_tower(world, config=small_config(loss=loss, epochs=3, learning_rate=0.01), events=EVENTS,
+                            refit=False)
     assert _topic_precision(model, world) > 0.5
 
 
 def test_deterministic_by_seed(world):
-    cfg = small_config(epochs=2, patience=0)
+    cfg = small_config(epochs=1)
     a = train_two_tower(world, config=cfg, events=EVENTS)
     b = train_two_tower(world, config=cfg, events=EVENTS)
-    c = train_two_tower(world, config=small_config(epochs=2, patience=0, seed=2), events=EVENTS)
+    c = train_two_tower(world, config=small_config(epochs=1, seed=2), events=EVENTS)
     np.testing.assert_array_equal(a.catalog_vectors, b.catalog_vectors)
     assert a.version == b.version != c.version
     assert not np.allclose(a.catalog_vectors, c.catalog_vectors)

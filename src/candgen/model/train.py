@@ -108,7 +108,9 @@ class _Trainer:
         sparse = [p for n, p in self.model.named_parameters() if n in sparse_names]
         dense = [p for n, p in self.model.named_parameters() if n not in sparse_names]
         self.opt_sparse = torch.optim.SparseAdam(sparse, lr=config.learning_rate) if sparse else None
-        self.opt_dense = torch.optim.AdamW(dense, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # fused: one kernel over all dense tensors instead of a dozen small ops per tensor per step
+        self.opt_dense = torch.optim.AdamW(dense, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           fused=True)
         self.now = int(ds.interactions.timestamp.max()) if len(ds.interactions) else 0
         self.bank = torch.zeros(ds.n_items, config.dim)
 
