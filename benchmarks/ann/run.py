@@ -18,6 +18,7 @@ import gc
 import json
 import math
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -106,8 +107,16 @@ def overheads(rows: list[dict[str, Any]]) -> list[str]:
 def start_milvus(base: Path) -> Any:
     from milvus import MilvusServer
 
+    # the embedded etcd always listens on peer port 2380: only one embedded server per machine
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", 2380)) == 0:
+            raise RuntimeError("port 2380 is taken (another embedded Milvus server?); pass --milvus-uri")
     server = MilvusServer(data_dir=str(base))
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        stop_milvus(server)
+        raise
     return server
 
 
@@ -167,7 +176,10 @@ def main() -> None:
     for key in (k for k in ALL if k in only):
         report(args, rows, final=False)  # what is done so far survives a run cut short
         if key == "milvus":
-            rows += run_milvus(args, x, q, truth, ks, nlist)
+            try:
+                rows += run_milvus(args, x, q, truth, ks, nlist)
+            except Exception as e:  # noqa: BLE001 - one failed contestant must not lose the others
+                log(f"milvus failed, skipped: {type(e).__name__}: {e}")
             continue
         make = plans[key]
         c = make()
