@@ -125,6 +125,14 @@ def test_embed_user_errors_and_catalog_default(model):
     b = model.embed_user(attributes={}, interests=[], context={"hour": "3"}, history_items=np.array([4, 9]),
                          history_weights=w, history_item_vectors=model.catalog_vectors[[4, 9]])
     np.testing.assert_allclose(a, b, atol=1e-6)
+    # a malformed hour is treated as unknown; the hour also comes from `now`
+    odd = model.embed_user(attributes={}, interests=[], context={"hour": "noon"}, history_items=np.array([4, 9]),
+                           history_weights=w)
+    none = model.embed_user(attributes={}, interests=[], context={}, history_items=np.array([4, 9]), history_weights=w)
+    at3 = model.embed_user(attributes={}, interests=[], context={}, history_items=np.array([4, 9]), history_weights=w,
+                           now=3 * 3600)
+    np.testing.assert_allclose(odd, none, atol=1e-6)
+    np.testing.assert_allclose(at3, a, atol=1e-6)
     # an item outside the catalog without its vector is ignored rather than failing
     c = model.embed_user(attributes={}, interests=[], context={"hour": "3"}, history_items=np.array([4, 9, 10**6]),
                          history_weights=np.append(w, 0.5))

@@ -109,6 +109,18 @@ def test_bad_config_is_a_user_error(field, value, message):
         check_config(small_config(**{field: value}))
 
 
+def test_tiny_data_trains_without_a_validation_slice():
+    import polars as pl
+
+    from candgen.data.dataset import Dataset
+    inter = pl.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["x", "y", "x"], "timestamp": [1, 2, 2],
+                          "event": ["click", "like", "view"]})
+    ds = Dataset.from_frames(inter)
+    model = train_two_tower(ds, config=small_config(epochs=2), events=EVENTS)
+    assert model.info["train"]["epochs_run"] == 2 and model.info["train"]["valid_recalls"] == []
+    assert model.item_embeddings(ds).shape == (2, 16)
+
+
 def test_no_positive_engagements_is_a_user_error(world):
     only_dislikes = world.interactions.take(world.interactions.event == world.interactions.event.max())
     with pytest.raises(CandgenError, match="fewer than 2 positive"):

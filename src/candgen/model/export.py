@@ -171,8 +171,7 @@ class TwoTowerModel:
         if tags:
             x = x + w["item.tag_emb.weight"][tags].mean(axis=0)
         device = self.space.encode_device(context.get("device"))
-        hour = context.get("hour")
-        h = int(hour) % 24 + 1 if hour is not None else (int(hour_bucket(now)) if now is not None else 0)
+        h = _hour_code(context.get("hour"), now)
         x = x + w["user.device_emb.weight"][device] + w["user.hour_emb.weight"][h]
         x = x + w["user.history_len_emb.weight"][int(history_len_bucket(np.array((hw > 0).sum())))]
         if len(items):
@@ -196,7 +195,7 @@ class TwoTowerModel:
         out = np.empty((len(users), self.dim), dtype=np.float32)
         ctx = context or {}
         device = self.space.encode_device(ctx.get("device"))
-        hour = int(ctx["hour"]) % 24 + 1 if "hour" in ctx else 0  # offline: no request time unless given
+        hour = _hour_code(ctx.get("hour"), None)  # offline: no request time unless the context gives one
         for s in range(0, len(users), 4096):
             sl = slice(s, s + 4096)
             wsum = hw[sl].sum(axis=1, keepdims=True)
@@ -276,6 +275,16 @@ class TwoTowerModel:
         return TwoTowerModel(space=FeatureSpace.from_dict(meta["features"]), weights=arrays,
                              catalog_vectors=vectors, catalog_id_bucket=buckets, config=meta.get("config"),
                              info=meta.get("info"), version=meta["version"])
+
+
+def _hour_code(hour: object, now: int | None) -> int:
+    """Hour-of-day code from a context value ("0".."23"), else from `now`; 0 (unknown) when neither is usable."""
+    if hour is not None:
+        try:
+            return int(str(hour)) % 24 + 1
+        except ValueError:
+            return 0  # a malformed context value must not fail the request
+    return int(hour_bucket(now)) if now is not None else 0
 
 
 def _default_now(ds: Dataset, now: int | None) -> int | None:

@@ -237,12 +237,16 @@ def train_two_tower(train: Dataset, *, config: ModelConfig, events: EventsConfig
     torch.set_num_threads(default_threads(config))
     try:
         refit = refit and valid is None
+        valid_inter: Interactions | None
         fit_inter, valid_inter = split_last(train.interactions) if valid is None else (train.interactions, valid)
         space = FeatureSpace.from_dataset(train, id_buckets=config.id_buckets, history_len=config.history_len)
         total = config.epochs + (config.epochs if refit else 0)
+        if valid is None and int((fit_inter.weights(events) > 0).sum()) < 2:
+            # too little data before the validation slice: train on everything without early stopping
+            fit_inter, valid_inter, refit = train.interactions, None, False
         model, report = _fit(train.with_interactions(fit_inter), space, config, events, valid=valid_inter,
                              epochs=config.epochs, progress=progress, total_epochs=total)
-        if refit and len(valid_inter):
+        if refit and valid_inter is not None and len(valid_inter):
             model, refit_report = _fit(train, space, config, events, valid=None, epochs=report.best_epoch,
                                        progress=progress, total_epochs=report.epochs_run + report.best_epoch)
             report.examples += refit_report.examples
