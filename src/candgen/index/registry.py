@@ -78,18 +78,18 @@ def choose_index(n_items: int, dim: int, config: IndexConfig | None = None) -> V
     """The index `config.backend` names, or for "auto": exact flat search below `exact_below`
     items, else IVF-Flat (nlist ~ 4 sqrt(n), nprobe from the config; run `tune-index` after).
 
-    Why IVF-Flat by default, measured at k=1000 (benchmarks/index_choice.py --n 200000 --dim 64,
-    clustered low-rank vectors, 200 single queries on 1 thread, on this shared 2-core machine
-    under load ~12, so absolute times are inflated; the ratios are the point):
+    Why IVF-Flat by default, measured at k=1000 (benchmarks/index_choice.py --n 200000 --dim 64
+    --kinds ivf,hnsw: clustered low-rank vectors, 200 single queries on 1 thread; this shared
+    2-core machine ran at load ~12-15, so CPU time per query is the reliable column):
 
-    | backend | build | cheapest setting >= 0.95 | recall@1000 | p50 ms |
-    |---|---:|---|---:|---:|
-    | IVF-Flat nlist 1789 | 130 s | nprobe 256 (192: 0.944 at 2.0 ms) | 0.961 | 3.3 |
-    | HNSW M=32 efC=200 | 402 s | efSearch 1000 (the floor: ef >= k) | 0.988 | 9.9 |
+    | backend | build | cheapest setting >= 0.95 | recall@1000 | CPU p50 ms | wall p50 ms |
+    |---|---:|---|---:|---:|---:|
+    | IVF-Flat nlist 1789 | 34 s | nprobe 256 (192: 0.944 at 1.05 ms) | 0.961 | 1.25 | 1.27 |
+    | HNSW M=32 efC=200 | 253 s | efSearch 1000 (the floor: ef >= k) | 0.988 | 2.78 | 6.99 |
 
     At k=1000 HNSW cannot be made cheaper than efSearch = k: its walk keeps a 1000-long candidate
-    heap and touches ~ef*M random nodes, while IVF scans a few contiguous lists, so IVF is ~3x
-    faster at the target and builds ~3x faster. The issue's 1M x 128 figures agree (IVF4096 nprobe
+    heap and touches ~ef*M random nodes, while IVF scans a few contiguous lists, so IVF costs
+    ~2.2x less CPU per query at the target and builds ~7x faster. The issue's 1M x 128 figures agree (IVF4096 nprobe
     64: 0.956 at 0.63 ms, 28 s build; HNSW ef 1000: 0.945 at p99 3.7 ms, 420 s build). IVF also
     deletes in place, where HNSW needs tombstones and rebuilds. HNSW stays the better choice for
     small k (tens), where efSearch can drop far below 1000.
