@@ -88,9 +88,10 @@ def test_default_grid_per_kind():
     ef = [p["ef_search"] for p in default_grid(HNSWIndex(dim=4), 1000)]
     assert ef[0] == 1000 and ef == sorted(ef)
     ivf = IVFIndex(dim=4, nlist=64)
-    assert [p["nprobe"] for p in default_grid(ivf, 10)] == [1, 2, 4, 8, 16, 32, 64]  # empty: no lower bound
+    # empty: no lower bound
+    assert [p["nprobe"] for p in default_grid(ivf, 10)] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
     ivf.add(clustered(6400, 4), np.arange(6400))  # 100 per list: k=100 needs ~2 lists
-    assert [p["nprobe"] for p in default_grid(ivf, 100)] == [2, 4, 8, 16, 32, 64]
+    assert [p["nprobe"] for p in default_grid(ivf, 100)] == [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 
 
 def make_art(tmp_path, index, n=1500, dim=16, users=False):

@@ -214,7 +214,7 @@ def plot_operating_points(
 
 def default_grid(index: VectorIndex, k: int) -> list[dict[str, Any]]:
     """The settings `tune-index` sweeps, cheapest first: efSearch from k up (FAISS uses
-    max(efSearch, k), so smaller values are all the same setting); nprobe by powers of two up to
+    max(efSearch, k), so smaller values are all the same setting); nprobe in steps of 1.5-2x up to
     nlist, from the first whose lists hold about 2k vectors (narrower probes find fewer than k and
     are widened anyway)."""
     p = index.params
@@ -223,7 +223,8 @@ def default_grid(index: VectorIndex, k: int) -> list[dict[str, Any]]:
     if "nprobe" in index.search_param_names:
         nlist = int(p.get("nlist") or 1)
         lowest = 2 * k * nlist / len(index) if len(index) else 0.0
-        probes = sorted({min(2**i, nlist) for i in range(int(math.log2(max(nlist, 1))) + 2) if 2 ** (i + 1) > lowest})
+        steps = range(int(math.log2(max(nlist, 1))) + 2)
+        probes = sorted({min(v, nlist) for i in steps for v in (2**i, 3 * 2**i // 2) if v > lowest / 2})
         return [{"nprobe": n} for n in probes]
     return []
 
