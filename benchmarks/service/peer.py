@@ -92,7 +92,8 @@ def make_app() -> FastAPI:
                              else lab]
                 seen.add(item)
                 out.append({"item_id": item, "score": s, "sources": ["ann"]})
-        top: list[tuple[bytes, float]] = r.zrevrange(key, 0, req.k - 1, withscores=True)  # type: ignore[assignment]
+        want = req.k - len(out) + len(out) // 10  # the trending share, with room for duplicates of ANN items
+        top: list[tuple[bytes, float]] = r.zrevrange(key, 0, want - 1, withscores=True)  # type: ignore[assignment]
         for name, s in top:
             item = name.decode()
             if item not in seen:
