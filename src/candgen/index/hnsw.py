@@ -22,7 +22,10 @@ class HNSWIndex(FaissIndex):
     `m` (links per node, FAISS's M) and `ef_construction` shape the graph (set at build);
     `ef_search` (the candidate list of a query, FAISS uses max(ef_search, k)) trades recall for
     latency and is the parameter `tune-index` sweeps. Thread-safety as in `FaissIndex`; `add` and
-    the rebuild after many removals hold the exclusive lock and use `threads` OpenMP threads.
+    the rebuild after many removals hold the exclusive lock and use `threads` OpenMP threads. The
+    rebuild re-inserts every live vector, so searches wait for it (minutes at 1M vectors: the build
+    rate in benchmarks/README.md); with heavy churn raise `compact_fraction` and call `rebuild()`
+    at a quiet time, or prefer IVF, which deletes in place.
 
         >>> idx = HNSWIndex(dim=64, m=32, ef_construction=200, ef_search=1000)  # doctest: +SKIP
     """
