@@ -240,6 +240,7 @@ class VectorIndexContract:
         assert len(idx) == 600 - 100 + 150 - 30
 
     # ---- bad input ----------------------------------------------------------------------------
+    @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the inf query's probe
     def test_bad_input_raises_clear_errors(self) -> None:
         idx, x, ids = self.filled(n=20)
         bad = (ValueError, CandgenError)
