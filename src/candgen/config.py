@@ -73,6 +73,10 @@ class IndexConfig:
     rerank_factor: int = 4
     threads: int = 1  # OpenMP threads per search; 1 is fastest for single queries
     milvus_uri: str = "http://127.0.0.1:19530"
+    # train: sweep efSearch / nprobe and keep the cheapest setting whose recall@k against exact search
+    # reaches target_recall (approximate backends only; what `candgen tune-index` does)
+    tune_at_train: bool = True
+    target_recall: float = 0.95
 
 
 @dataclass

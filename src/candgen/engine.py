@@ -105,8 +105,8 @@ class Engine:
         """One user's precomputed list (default k), as the L3 cache stores it."""
         rt = self.rt
         k = min(1000, rt.config.serve.max_k)
-        res = self._compute(Request(user_id=user_id, k=k), rt, self.clock(), time.perf_counter())
-        return self.caches.encode(rt, k, res.variant, res)
+        res, blended = self._compute(Request(user_id=user_id, k=k), rt, self.clock(), time.perf_counter())
+        return self.caches.encode(rt, k, res.variant, blended)
 
     # -- opening ---------------------------------------------------------------------------------------
 
@@ -404,9 +404,9 @@ class Engine:
                     res.timings = {"context": t_ctx - t0, "cache": time.perf_counter() - t_ctx}
                     return res
         l2_hits = self.l2.hits if self.l2 is not None else 0
-        res = self._compute(req, rt, now, t0, ctx=ctx, plan=plan)
+        res, blended = self._compute(req, rt, now, t0, ctx=ctx, plan=plan)
         if not req.explain and not res.degraded:
-            self.caches.store(rt, req.user_id, req.k, res.variant, res)
+            self.caches.store(rt, req.user_id, req.k, res.variant, blended)
         if self.l2 is not None and self.l2.hits > l2_hits:
             res.cache = "L2"  # the list was computed, the user embedding came from L2 (approximate under load)
         if self.quality.sampled():
@@ -415,7 +415,7 @@ class Engine:
         return res
 
     def _compute(self, req: Request, rt: Runtime, now: float, t0: float, *, ctx: UserContext | None = None,
-                 plan: Plan | None = None) -> CandidatesResult:
+                 plan: Plan | None = None) -> tuple[CandidatesResult, Blended]:
         """The uncached request path: sources in parallel, then the blend."""
         ctx = ctx if ctx is not None else self.user_context(req, now, rt)
         plan = plan if plan is not None else self.plan(ctx, rt)
@@ -442,21 +442,19 @@ class Engine:
         res.degraded = degraded
         res.source_counts = {c.source: len(c) for c in lists}
         res.timings = timings
-        return res
+        return res, blended
 
     def _from_cache(self, rt: Runtime, hit: CachedList, ctx: UserContext, k: int) -> CandidatesResult | None:
         """A cached list, re-filtered against what the user saw or hid since and deleted items; None when
         too little of it is left."""
-        ids = rt.state.catalog.items.lookup(hit.item_ids)
-        ok = valid_mask(ids, exclude=ctx.exclude, deleted=rt.state.catalog.is_deleted)
+        b = hit.blended
+        ok = valid_mask(b.ids, exclude=ctx.exclude, deleted=rt.state.catalog.is_deleted)
         keep = np.flatnonzero(ok)[:k]
-        if len(keep) < min(k, len(hit.item_ids)):
+        if len(keep) < min(k, len(b.ids)):
             return None
-        return CandidatesResult(
-            item_ids=[hit.item_ids[i] for i in keep], scores=hit.scores[keep],
-            sources=[hit.sources[i] for i in keep], variant=hit.variant, model_version=rt.model_version,
-            cache=hit.level,
-        )
+        res = self._result(rt, b.take(keep), explain=False, variant=hit.variant)
+        res.cache = hit.level
+        return res
 
     def _result(self, rt: Runtime, blended: Blended, *, explain: bool, variant: str) -> CandidatesResult:
         ids = rt.state.catalog.items.ids(blended.ids)

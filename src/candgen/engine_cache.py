@@ -12,6 +12,7 @@ before a write never shows a seen, hidden or deleted item.
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -19,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from candgen.blend.merge import Blended
 from candgen.config import CacheConfig
 
 if TYPE_CHECKING:
     from candgen.runtime import Runtime
-    from candgen.serve.protocol import CandidatesResult
 
 TRENDING_HEAD = 50  # a change in these top trending items invalidates the cached lists
 TRENDING_CHECK_S = 0.1  # the trending head is re-read at most this often after events
@@ -31,11 +32,14 @@ TRENDING_CHECK_S = 0.1  # the trending head is re-read at most this often after 
 
 @dataclass(slots=True)
 class CachedList:
-    item_ids: list[str]
-    scores: np.ndarray
-    sources: list[list[str]]
+    """A cached answer as the blend made it: dense ids, scores, provenance bitmasks over `names`."""
+
+    blended: Blended
     variant: str
     level: str
+
+
+_HEAD = struct.Struct("<I")
 
 
 class ListCaches:
@@ -84,38 +88,58 @@ class ListCaches:
 
     # -- lookups -------------------------------------------------------------------------------------
 
-    def _decode(self, raw: bytes | None, level: str) -> dict[str, Any] | None:
-        if raw is None:
+    def _decode(self, rt: Runtime, raw: bytes | None) -> tuple[dict[str, Any], Blended] | None:
+        """Binary entry → (header, Blended); None when unreadable. Items added while serving are stored by
+        their string id: their dense index may differ between workers that applied writes in another order."""
+        if raw is None or len(raw) < _HEAD.size:
             return None
         try:
-            d: dict[str, Any] = json.loads(raw)
-            return d
-        except ValueError:
+            (n_head,) = _HEAD.unpack_from(raw)
+            head: dict[str, Any] = json.loads(raw[_HEAD.size: _HEAD.size + n_head])
+            n, off = int(head["n"]), _HEAD.size + n_head
+            ids = np.frombuffer(raw, np.int32, n, off).astype(np.int64)
+            scores = np.frombuffer(raw, np.float32, n, off + 4 * n).copy()
+            masks = np.frombuffer(raw, np.uint64, n, off + 8 * n).copy()
+        except (ValueError, KeyError, struct.error):
             return None
+        for pos, item_id in head.get("extra", []):
+            ids[pos] = rt.state.catalog.items.get(item_id)
+        return head, Blended(ids=ids, scores=scores, source_mask=masks, source_names=tuple(head["names"]),
+                             source_scores={})
 
     def lookup(self, rt: Runtime, user_id: str, k: int, variant: str) -> CachedList | None:
         if not self.enabled or self.l1 is None or self.l3 is None:
             return None
         gen = self.generation(rt)
         for level, cache in (("L1", self.l1), ("L3", self.l3)):
-            d = self._decode(cache.get(user_id), level)
-            if (d is not None and d["model"] == rt.model_version and d["variant"] == variant and d["k"] >= k
+            got = self._decode(rt, cache.get(user_id))
+            if got is None:
+                continue
+            d, blended = got
+            if (d["model"] == rt.model_version and d["variant"] == variant and d["k"] >= k
                     and (level == "L3" or d["gen"] == gen) and d["items_gen"] == self._items_gen):
                 self.hits[level] += 1
-                return CachedList(d["ids"], np.asarray(d["scores"], np.float32), d["sources"], variant, level)
+                return CachedList(blended, variant, level)
         self.misses += 1
         return None
 
-    def encode(self, rt: Runtime, k: int, variant: str, res: CandidatesResult) -> bytes:
-        return json.dumps({
+    def encode(self, rt: Runtime, k: int, variant: str, blended: Blended) -> bytes:
+        """Compact binary: a small JSON header, then int32 dense ids, float32 scores, uint64 source masks."""
+        ids = np.asarray(blended.ids, np.int64)
+        base = len(rt.item_vectors)  # the trained catalog: the same dense ids in every worker
+        extra = np.flatnonzero(ids >= base)
+        head = json.dumps({
             "k": k, "variant": variant, "model": rt.model_version, "gen": self.generation(rt),
-            "items_gen": self._items_gen, "ids": res.item_ids,
-            "scores": np.round(np.asarray(res.scores, np.float64), 6).tolist(), "sources": res.sources,
+            "items_gen": self._items_gen, "n": len(ids), "names": list(blended.source_names),
+            "extra": [[int(p), rt.state.catalog.items.id(int(ids[p]))] for p in extra],
         }, separators=(",", ":")).encode()
+        return b"".join((_HEAD.pack(len(head)), head, np.where(ids < base, ids, -1).astype(np.int32).tobytes(),
+                         np.asarray(blended.scores, np.float32).tobytes(),
+                         np.asarray(blended.source_mask, np.uint64).tobytes()))
 
-    def store(self, rt: Runtime, user_id: str, k: int, variant: str, res: CandidatesResult) -> None:
+    def store(self, rt: Runtime, user_id: str, k: int, variant: str, blended: Blended) -> None:
         if self.enabled and self.l1 is not None:
-            self.l1.set(user_id, self.encode(rt, k, variant, res), self.config.l1_ttl_s)
+            self.l1.set(user_id, self.encode(rt, k, variant, blended), self.config.l1_ttl_s)
 
     def clear(self) -> None:
         for c in (self.l1, self.l3):

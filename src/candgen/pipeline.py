@@ -74,6 +74,8 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
         progress.advance("index", 1)
         seconds["index"] = time.perf_counter() - t
         extra: dict[str, object] = {}
+        if not index.is_exact and config.index.tune_at_train:
+            extra["index_tuning"] = _tune(tmp, ds.n_items, config, progress)
         if config.sources.calibrate:
             from candgen.calibrate import calibrate
 
@@ -100,6 +102,21 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TrainSummary(out, model.version, ds.n_users, ds.n_items, len(ds.interactions), index.kind, seconds)
+
+
+def _tune(art: Path, n_items: int, config: Config, progress: Progress) -> dict[str, object]:
+    """Pick the ANN search setting by measurement (recall against exact search at k, then the cheapest)."""
+    from candgen.index.tune import tune_artifacts
+
+    k = max(1, min(1000, n_items // 10))
+    try:
+        res = tune_artifacts(art, k=k, target_recall=config.index.target_recall, n_queries=100, progress=progress)
+    except CandgenError as e:  # no setting met the target: keep the configured one, say so
+        return {"k": k, "target_recall": config.index.target_recall, "kept": str(e)}
+    chosen = res.chosen
+    return {"k": k, "target_recall": config.index.target_recall,
+            "chosen": None if chosen is None else {"params": chosen.params, "recall": round(chosen.recall, 4),
+                                                   "p50_ms": round(chosen.p50_ms, 3)}}
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -315,3 +315,21 @@ def test_calibration_is_skipped_without_enough_validation_users(world):
     small = ds.with_interactions(ds.interactions.take(np.arange(40)))
     cal = calibrate(small, config=tiny_config(), model=None, index=None, vectors=np.zeros((0, 16), np.float32))
     assert "skipped" in cal.report and cal.config.sources.mix == tiny_config().sources.mix
+
+
+def test_train_tunes_an_approximate_index_by_measurement(world, tmp_path):
+    _, ds = world
+    cfg = tiny_config()
+    cfg.index.exact_below = 10  # force the approximate default (IVF) on this small catalog
+    cfg.sources.calibrate = False
+    train_artifacts(ds, tmp_path / "art", config=cfg)
+    m = Manifest.read(tmp_path / "art")
+    tuning = m.extra["index_tuning"]
+    assert m.extra["index_kind"] != "flat" and tuning["target_recall"] == 0.95
+    assert ("chosen" in tuning and tuning["chosen"]["recall"] >= 0.95) or "kept" in tuning
+    assert (tmp_path / "art" / "index" / "tuning.md").exists() or "kept" in tuning
+    e = Engine.load(tmp_path / "art")
+    try:
+        assert len(e.candidates(Request(user_id=warm_user(ds), k=50, now=e.now_default)).item_ids) == 50
+    finally:
+        e.close()
