@@ -61,6 +61,9 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         from milvus import MilvusServer
     except ImportError:
         _unavailable("the embedded Milvus server is not installed (pip install 'candgen[milvus]')")
+    with socket.socket() as sock:  # the embedded etcd's peer port is fixed: one server per machine
+        if sock.connect_ex(("127.0.0.1", 2380)) == 0:
+            _unavailable("port 2380 is taken (another embedded Milvus server is running on this machine)")
     base = tmp_path_factory.mktemp("milvus")
     # the package unpacks ~500 MB of server binaries into <data_dir>/bin (10-30 s) unless their
     # checksums match what is there: keep them in a user cache shared by every test run
@@ -68,7 +71,7 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cache.mkdir(parents=True, exist_ok=True)
     (base / "bin").symlink_to(cache, target_is_directory=True)
     # the package binds each port it needs (proxy from 19530 up, metrics from 9091 up) and takes
-    # the first free one, so a server already running elsewhere does not collide with ours
+    # the first free one; only etcd's peer port 2380 is fixed (checked above)
     server = MilvusServer(data_dir=str(base))
     # shorter server-side polling: the default 1 s load checks and 200 ms time ticks make every
     # new collection take seconds and every Strong read wait up to 200 ms
@@ -196,9 +199,9 @@ def test_open_index_and_registry(milvus_uri: str, tmp_path: Path) -> None:
     assert "candgen_named" in meta and milvus_uri in meta
     again = load_index(tmp_path / "m")
     assert isinstance(again, MilvusIndex) and len(again) == 50
-    # the same name opens the existing collection instead of making a new one
-    same = MilvusIndex(dim=8, uri=milvus_uri, collection="candgen_named")
-    assert len(same) == 50
+    # the same name opens the existing collection (and adopts its build parameters)
+    same = MilvusIndex(dim=8, uri=milvus_uri, collection="candgen_named", index_type="IVF_FLAT", m=5)
+    assert len(same) == 50 and same.index_type == "HNSW" and same.m == index.m
     with pytest.raises(ArtifactError, match="8-d"):
         MilvusIndex(dim=4, uri=milvus_uri, collection="candgen_named")
     index.drop()
@@ -214,6 +217,10 @@ def test_collection_not_made_by_candgen_is_refused(milvus_uri: str) -> None:
     with pytest.raises(ArtifactError, match="not made by candgen"):
         MilvusIndex(dim=8, uri=milvus_uri, collection="foreign")
     client.drop_collection("foreign")
+    client.create_collection("foreign_l2", dimension=8, metric_type="L2")  # fields "id" and "vector"
+    with pytest.raises(ArtifactError, match="metric L2"):
+        MilvusIndex(dim=8, uri=milvus_uri, collection="foreign_l2")
+    client.drop_collection("foreign_l2")
     client.close()
 
 

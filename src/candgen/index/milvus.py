@@ -34,6 +34,7 @@ transactions). Writes from other processes become visible within about one time 
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -112,7 +113,6 @@ class MilvusIndex(VectorIndex):
         self.max_filter_ids = int(max_filter_ids)
         self.timeout = float(timeout)
         self._client = _connect(uri, token=token, timeout=timeout)
-        self._token = token
         if self._call("has_collection", self.collection):
             if create and collection is None:  # a random name that exists: astronomically unlikely
                 raise CandgenError(f"Milvus collection {self.collection} already exists")
@@ -154,6 +154,15 @@ class MilvusIndex(VectorIndex):
         dim = int(vec.get("params", {}).get("dim", -1))
         if dim != self.dim:
             raise ArtifactError(f"Milvus collection {self.collection} holds {dim}-d vectors, expected {self.dim}")
+        # the build parameters are the collection's, whatever the constructor was given
+        info = self._call("describe_index", self.collection, _VECTOR_FIELD)
+        if info.get("index_type") not in INDEX_TYPES or info.get("metric_type") != "IP":
+            raise ArtifactError(f"Milvus collection {self.collection} has a {info.get('index_type')} index with "
+                                f"metric {info.get('metric_type')}; candgen needs {' or '.join(INDEX_TYPES)} with IP")
+        self.index_type = str(info["index_type"])
+        self.m = int(info.get("M", self.m))
+        self.ef_construction = int(info.get("efConstruction", self.ef_construction))
+        self.nlist = int(info.get("nlist", self.nlist))
         self._call("load_collection", self.collection)
 
     # ---- the interface ------------------------------------------------------------------------
@@ -282,7 +291,7 @@ class MilvusIndex(VectorIndex):
 
     def save(self, path: str | Path) -> None:
         """Write `path/metadata.json` naming the server and collection; the vectors stay in Milvus.
-        The token (if any) is not written: pass it to `load_index` via the environment instead."""
+        The token (if any) is not written: `load` reads it from $CANDGEN_MILVUS_TOKEN."""
         meta = self._metadata({"files": [], "versions_milvus": {"pymilvus": pymilvus.__version__,
                                                                 "server": self._server_version()}})
         meta["build_params"].pop("timeout", None)
@@ -294,7 +303,8 @@ class MilvusIndex(VectorIndex):
         params = {**metadata.get("build_params", {}), **metadata.get("search_params", {})}
         if "collection" not in params or "uri" not in params:
             raise ArtifactError(f"{path}/metadata.json lacks the Milvus uri or collection")
-        return cls(dim=int(metadata["dim"]), create=False, **params)
+        token = os.environ.get("CANDGEN_MILVUS_TOKEN", "")
+        return cls(dim=int(metadata["dim"]), create=False, token=token, **params)
 
     def drop(self) -> None:
         """Delete the collection and its data from the server (this object is unusable afterwards)."""
