@@ -336,9 +336,27 @@ class Engine:
                 f = self._fallback = (now, rt.model_version, Candidates(top.ids, top.scores, "popular"))
             return f[2]
 
-    def _retrieve(self, source: CandidateSource, ctx: UserContext, k: int) -> tuple[Candidates, float]:
-        t = time.perf_counter()
+    def _retrieve(self, source: CandidateSource, ctx: UserContext, k: int,
+                  started: dict[str, float]) -> tuple[Candidates, float]:
+        t = started[source.name] = time.perf_counter()
         return source.retrieve(ctx, k), time.perf_counter() - t
+
+    @staticmethod
+    def _wait(f: Future[tuple[Candidates, float]], started: dict[str, float], name: str, deadline: float,
+              request_end: float) -> tuple[Candidates, float]:
+        """A source's result, waiting at most `deadline` from when its task began (time queued behind other
+        requests' tasks does not count against it) and never past the request's own deadline."""
+        while True:
+            t0 = started.get(name)
+            end = request_end if t0 is None else min(t0 + deadline, request_end)
+            remaining = end - time.perf_counter()
+            if remaining <= 0:
+                raise FutureTimeout
+            try:  # while still queued, look again soon to learn when it starts
+                return f.result(timeout=remaining if t0 is not None else min(remaining, 0.002))
+            except FutureTimeout:
+                if t0 is not None:  # it was running and missed its own deadline
+                    raise
 
     @staticmethod
     def fetch_sizes(rt: Runtime, plan: Plan, k: int) -> dict[str, int]:
@@ -360,16 +378,17 @@ class Engine:
         named in `degraded`."""
         deadlines = rt.config.sources.deadline_ms
         request_end = t_start + rt.config.serve.request_deadline_ms / 1000.0
+        started: dict[str, float] = {}  # when each source's task began (it may wait in the pool's queue)
         futures: dict[str, Future[tuple[Candidates, float]]] = {
-            n: self._pool.submit(self._retrieve, rt.sources[n], ctx, m) for n, m in fetch.items()
+            n: self._pool.submit(self._retrieve, rt.sources[n], ctx, m, started) for n, m in fetch.items()
         }
         lists: list[Candidates] = []
         degraded: list[str] = []
         timings: dict[str, float] = {}
         for n, f in futures.items():
-            end = min(t_start + deadlines.get(n, 50.0) / 1000.0, request_end)
             try:
-                cands, took = f.result(timeout=max(0.0, end - time.perf_counter()) if self.deadlines else None)
+                cands, took = f.result() if not self.deadlines else self._wait(
+                    f, started, rt.sources[n].name, deadlines.get(n, 50.0) / 1000.0, request_end)
             except FutureTimeout:
                 f.cancel()
                 degraded.append(n)

