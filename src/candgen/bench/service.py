@@ -68,6 +68,7 @@ class ServiceProcess:
         self.art, self.workers, self.state = Path(art), workers, state
         self.ready_timeout_s = ready_timeout_s
         self.log = log
+        self._own_log = False  # a log file we created is removed again by stop()
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoint = Endpoint("127.0.0.1", 0)
 
@@ -86,7 +87,7 @@ class ServiceProcess:
         if self.log is None:
             fd, name = tempfile.mkstemp(prefix="candgen-bench-serve-", suffix=".log")
             os.close(fd)
-            self.log = Path(name)
+            self.log, self._own_log = Path(name), True
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=out)
         self.endpoint = Endpoint("127.0.0.1", port)
@@ -121,14 +122,16 @@ class ServiceProcess:
         return tree[1:] if self.workers > 1 and len(tree) > 1 else tree[:1]
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._own_log and self.log is not None:
+            self.log.unlink(missing_ok=True)
+            self._own_log = False
 
     def __enter__(self) -> ServiceProcess:
         self.start()
