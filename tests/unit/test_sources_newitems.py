@@ -121,3 +121,22 @@ def test_large_pools_are_cut_to_the_optimistic_items_before_drawing():
     for _ in range(20):
         seen.update(fresh.sample(5, now=0.0, rng=rng, max_draws=100).ids.tolist())
     assert max(seen) > 1000
+
+
+def test_requests_share_one_cut_of_a_large_pool_until_the_pool_changes():
+    import numpy as np
+
+    from candgen.sources.newitems import NewItemBandit
+
+    b = NewItemBandit(budget=100, max_age_hours=48)
+    for i in range(5000):
+        b.add_item(i, created_at=0.0)
+    rng = np.random.default_rng(0)
+    first = b.sample(10, now=60.0, rng=rng)
+    cut = b._cut
+    assert cut is not None and len(cut[3]) == 2048 and len(first) == 10
+    b.sample(10, now=61.0, rng=rng)
+    assert b._cut is cut  # the second request reused the cut
+    b.add_item(99999, created_at=60.0)
+    assert b._cut is None  # a new item resets it at once
+    assert 99999 in set(b.sample(2048, now=61.0, rng=rng).ids.tolist()) or len(b) == 5001

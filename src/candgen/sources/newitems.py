@@ -15,6 +15,7 @@ then on the regular sources must earn it its exposure.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from candgen.sources.catalog import Catalog
 from candgen.types import Candidates
 
 _FILE, _META = "new_items.npz", "new_items.json"
+CUT_TTL_S = 0.2  # how long requests share one optimistic cut of the pool (see NewItemBandit._candidates)
 
 
 class NewItemBandit:
@@ -44,6 +46,7 @@ class NewItemBandit:
         self._succ = np.zeros(0, np.float64)
         self._imp = np.zeros(0, np.float64)
         self._lock = threading.Lock()
+        self._cut: tuple[int, float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -63,9 +66,11 @@ class NewItemBandit:
                 self._succ, self._imp = np.resize(self._succ, cap), np.resize(self._imp, cap)
             self._items[n], self._created[n], self._succ[n], self._imp[n] = item, created_at, 0.0, 0.0
             self._slot[int(item)] = n
+            self._cut = None  # a new item competes from the next request on
 
     def _remove(self, item: int) -> None:
         """Swap-remove under the lock."""
+        self._cut = None
         s = self._slot.pop(item)
         last = len(self._slot)
         if s != last:
@@ -124,27 +129,40 @@ class NewItemBandit:
         Beta draws cost ~100 ns each, so a pool larger than `max_draws` (default max(4k, 2048)) is first cut to
         the items with the highest optimistic estimate (posterior mean + 3 standard deviations): an item below
         that cut has a negligible chance of a draw among the top k."""
-        items, created, succ, imp = self.snapshot()
-        ok = (now - created <= self.max_age_s) & (imp < self.budget)
-        if exclude is not None and len(exclude):
-            ok &= ~isin(items, exclude)
-        items, succ, imp = items[ok], succ[ok], imp[ok]
+        cap = max_draws if max_draws is not None else max(4 * k, 2048)
+        items, a, b = self._candidates(now, cap, rng)
+        if exclude is not None and len(exclude) and len(items):
+            keep = ~isin(items, exclude)
+            items, a, b = items[keep], a[keep], b[keep]
         if not len(items) or k <= 0:
             return Candidates.empty("new_items")
-        a, b = 1.0 + succ, 1.0 + np.maximum(imp - succ, 0.0)
-        cap = max_draws if max_draws is not None else max(4 * k, 2048)
-        if len(items) > cap:
-            n = a + b
-            optimistic = a / n + 3.0 * np.sqrt(a * b / (n * n * (n + 1.0)))
-            optimistic += rng.random(len(items)) * 1e-9  # random tie-break among identical posteriors
-            keep = np.argpartition(-optimistic, cap - 1)[:cap]
-            items, a, b = items[keep], a[keep], b[keep]
         draws = rng.beta(a, b)
         if len(items) > k:
             part = np.argpartition(-draws, k - 1)[:k]
             items, draws = items[part], draws[part]
         order = np.argsort(-draws, kind="stable")
         return Candidates(items[order], draws[order].astype(np.float32), "new_items")
+
+    def _candidates(self, now: float, cap: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items, alpha, beta) of the eligible pool cut to the `cap` most optimistic items. Shared between
+        requests for `CUT_TTL_S` (the posteriors move only with events; a fresh Thompson draw per request still
+        picks among them), so a large pool is not copied and scored on every request."""
+        cached = self._cut
+        if cached is not None and cached[0] == cap and abs(cached[1] - now) < 1.0 \
+                and time.monotonic() - cached[2] < CUT_TTL_S:
+            return cached[3], cached[4], cached[5]
+        items, created, succ, imp = self.snapshot()
+        ok = (now - created <= self.max_age_s) & (imp < self.budget)
+        items, succ, imp = items[ok], succ[ok], imp[ok]
+        a, b = 1.0 + succ, 1.0 + np.maximum(imp - succ, 0.0)
+        if len(items) > cap:
+            n = a + b
+            optimistic = a / n + 3.0 * np.sqrt(a * b / (n * n * (n + 1.0)))
+            optimistic += rng.random(len(items)) * 1e-9  # random tie-break among identical posteriors
+            keep = np.argpartition(-optimistic, cap - 1)[:cap]
+            items, a, b = items[keep], a[keep], b[keep]
+        self._cut = (cap, now, time.monotonic(), items, a, b)
+        return items, a, b
 
     @staticmethod
     def from_dataset(ds: Dataset, *, events: EventsConfig, budget: int, max_age_hours: float,
