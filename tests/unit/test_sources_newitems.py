@@ -135,7 +135,7 @@ def test_requests_share_one_cut_of_a_large_pool_until_the_pool_changes():
     first = b.sample(10, now=60.0, rng=rng)
     cut = b._cut
     assert cut is not None and len(cut[3]) == 2048 and len(first) == 10
-    b.sample(10, now=61.0, rng=rng)
+    b.sample(10, now=60.5, rng=rng)
     assert b._cut is cut  # the second request reused the cut
     b.add_item(99999, created_at=60.0)
     assert b._cut is None  # a new item resets it at once
