@@ -221,12 +221,12 @@ def run_milvus(args: Any, x: np.ndarray, q: np.ndarray, truth: np.ndarray, ks: l
                nlist: int) -> list[dict[str, Any]]:
     server, base = None, None
     uri = args.milvus_uri
-    if not uri:
-        base = Path(tempfile.mkdtemp(prefix="candgen-milvus-bench-"))
-        log(f"starting the embedded Milvus server in {base} ...")
-        server = start_milvus(base)
-        uri = f"http://127.0.0.1:{server.listen_port}"
     try:
+        if not uri:
+            base = Path(tempfile.mkdtemp(prefix="candgen-milvus-bench-"))
+            log(f"starting the embedded Milvus server in {base} ...")
+            server = start_milvus(base)
+            uri = f"http://127.0.0.1:{server.listen_port}"
         pid = server.server_proc.pid if server else None
         c = Milvus(args.dim, uri=uri, index_type=args.milvus_index, nlist=nlist, server_pid=pid)
         log(f"building {c.name} (upsert + flush + index) ...")

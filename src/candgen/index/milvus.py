@@ -210,8 +210,8 @@ class MilvusIndex(VectorIndex):
         deadline = time.monotonic() + wait_s
         while True:
             info = self._call("describe_index", self.collection, _VECTOR_FIELD)
-            if int(info.get("pending_index_rows", 0)) == 0 and \
-                    int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
+            # not pending_index_rows: Milvus 2.3.5 still reports every row pending once all are indexed
+            if int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
                 break
             if time.monotonic() > deadline:
                 raise CandgenError(f"Milvus collection {self.collection}: index not built after {wait_s:.0f} s "
