@@ -80,6 +80,10 @@ class Runtime:
             model = TwoTowerModel.load(art / "model")
             vectors = np.load(art / "item_embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
             index = load_index(art / "index", mmap=mmap)
+            if mmap and hasattr(index, "ids"):  # mapped pages stay read-only: writes go to an in-memory delta
+                from candgen.index.layered import LayeredIndex
+
+                index = LayeredIndex(index)
             state = load_state(art / "state")
         except FileNotFoundError as e:
             raise CandgenError(f"{art} is incomplete: {e}") from None
