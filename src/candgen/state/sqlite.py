@@ -36,6 +36,20 @@ from candgen.errors import CandgenError
 from candgen.state.base import Cache, Record, StateStore, StateUnavailable, check_level, check_limit, register, url_path
 from candgen.state.memory import encode, local_caches, parse_int_cursor
 
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Any:
+    """A write transaction taken at once (`BEGIN IMMEDIATE`: one writer across processes); committed on
+    success, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused, even after deletes
@@ -98,15 +112,9 @@ class SQLiteStore(StateStore):
         try:
             # IMMEDIATE takes the write lock up front, so the rowids of this call are consecutive: with
             # AUTOINCREMENT each new seq is one more than the largest ever, and nobody else can insert.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 conn.executemany("INSERT INTO log (kind, origin, data, at) VALUES (?, ?, ?, ?)", rows)
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             raise StateUnavailable(f"state backend unavailable: cannot append to {self.path}: {e}") from None
         seqs = [str(s) for s in range(last - len(rows) + 1, last + 1)]
@@ -139,14 +147,8 @@ class SQLiteStore(StateStore):
         last = parse_int_cursor(upto)
         try:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 n = conn.execute("DELETE FROM log WHERE seq <= ?", (last,)).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             raise StateUnavailable(f"state backend unavailable: cannot trim {self.path}: {e}") from None
         return int(n)
