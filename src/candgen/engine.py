@@ -224,7 +224,7 @@ class Engine:
         from candgen.serve.protocol import EngineOverloadedError
         from candgen.state.base import Record, StateUnavailable
 
-        self.catch_up()
+        self.catch_up()  # apply others' earlier records first, so every worker applies the same order
         try:
             self.follower.write([Record(kind=kind, data=d) for d in datas])
         except StateUnavailable as e:  # nothing was written: the client may retry (503)
@@ -234,6 +234,7 @@ class Engine:
     # -- writes ----------------------------------------------------------------------------------------
 
     def ingest_events(self, events: list[EventIn]) -> int:
+        self.catch_up()  # an item another worker just added is known here before the events are checked
         now = self.clock()
         rt = self.rt
         datas = []
@@ -257,6 +258,7 @@ class Engine:
         return len(datas)
 
     def delete_item(self, item_id: str) -> None:
+        self.catch_up()  # a delete another worker already made answers 404 here too
         catalog = self.rt.state.catalog
         item = catalog.items.get(item_id)
         if item < 0 or bool(catalog.is_deleted[item]):

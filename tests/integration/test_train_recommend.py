@@ -335,3 +335,22 @@ def test_train_tunes_an_approximate_index_by_measurement(world, tmp_path):
         assert len(e.candidates(Request(user_id=warm_user(ds), k=50, now=e.now_default)).item_ids) == 50
     finally:
         e.close()
+
+
+def test_two_workers_see_each_others_writes_before_validating_their_own(world, tmp_path):
+    """Worker B checks a delete or an event against what worker A already wrote to the shared log, even
+    when B has served no request since (the second delete of an item is a 404 on any worker)."""
+    from candgen.serve.protocol import EventIn, ItemIn
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    a = Engine.open(world[0] / "art", state_url=url, deadlines=False)
+    b = Engine.open(world[0] / "art", state_url=url, deadlines=False)
+    try:
+        a.add_items([ItemIn(item_id="fresh-1", tags=["t"], category="c0", creator_id="cr")])
+        assert b.ingest_events([EventIn(user_id="u-new", item_id="fresh-1", event="view")]) == 1
+        a.delete_item("fresh-1")
+        with pytest.raises(UnknownIdError):
+            b.delete_item("fresh-1")
+    finally:
+        a.close()
+        b.close()
