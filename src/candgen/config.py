@@ -112,7 +112,7 @@ class SourcesConfig:
 
 @dataclass
 class BlendConfig:
-    strategy: str = "quota"  # quota | weighted
+    strategy: str = "quota"  # quota | weighted | calibrated (rank fusion; train-time calibration picks it)
     max_per_creator: int = 0  # 0: no cap
     max_per_category: int = 0
     mmr_lambda: float = 0.0  # 0: MMR off
@@ -121,6 +121,9 @@ class BlendConfig:
     diversity_pool: float = 2.0  # with caps or MMR, merge this many times k and pick k from them
     # A/B experiment (candgen.blend.experiments): {name, variants: {variant: share}, mixes: {variant: {source: w}}}
     experiment: dict[str, Any] = field(default_factory=dict)
+    # rank curves of the calibrated fusion (candgen.blend.fusion), per cohort ("warm", "cold") and source:
+    # the measured hit rate at each rank bin; written by the train-time calibration
+    rank_curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 @dataclass

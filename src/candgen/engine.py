@@ -38,8 +38,9 @@ import numpy as np
 
 from candgen.blend.experiments import choose_mix, experiment_from_config
 from candgen.blend.filters import valid_mask
+from candgen.blend.fusion import curve_shares
 from candgen.blend.merge import Blended
-from candgen.blend.pipeline import blend
+from candgen.blend.pipeline import blend, rank_curves
 from candgen.config import Config
 from candgen.engine_cache import CachedList, ListCaches
 from candgen.errors import CandgenError, UnknownIdError
@@ -62,6 +63,14 @@ class Plan:
     mix: dict[str, float]
     variant: str
     cold: bool
+    curves: dict[str, np.ndarray] | None = None  # the cohort's rank curves when the blend is "calibrated"
+
+
+def source_fetch_sizes(shares: dict[str, float], names: list[str], k: int, overfetch: float) -> dict[str, int]:
+    """Candidates to ask each of `names` for: its share of k (`shares`, any scale) times `overfetch`, at least
+    10 and at most k."""
+    total = sum(shares.get(n, 0.0) for n in names) or 1.0
+    return {n: min(k, max(10, math.ceil(k * shares.get(n, 0.0) / total * overfetch))) for n in names}
 
 
 class Engine:
@@ -89,6 +98,8 @@ class Engine:
 
     def _configure(self, rt: Runtime) -> None:
         self.experiment = experiment_from_config(rt.config.blend.experiment, known_sources=list(rt.sources))
+        self.curves = rank_curves(rt.config.blend) if rt.config.blend.strategy == "calibrated" else {}
+        self._shares: dict[tuple[bool, tuple[str, ...], int], dict[str, float]] = {}
         if self.store is not None and rt.config.cache.l2_ttl_s > 0:
             self.l2 = CachedUserEncoder(rt.model, self.store.cache("L2"), rt.config.cache.l2_ttl_s)
             rt.use_encoder(self.l2)
@@ -324,9 +335,13 @@ class Engine:
         cold = bool(cold_src is not None and cold_src.is_new(ctx))  # type: ignore[attr-defined]
         if cold:
             mix = dict(rt.config.sources.cold_user_mix)
-            return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, "", True)
+            return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, "", True,
+                        self.curves.get("cold"))
         variant, mix = choose_mix(ctx.user_id, self.experiment, rt.config.sources.mix)
-        return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, variant, False)
+        # a variant with a mix of its own is blended by that mix (quota); the others by the warm rank curves
+        own_mix = self.experiment is not None and variant in self.experiment.mixes
+        return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, variant, False,
+                    None if own_mix else self.curves.get("warm"))
 
     def fallback(self, rt: Runtime, now: float) -> Candidates:
         """Globally popular items (cached a few seconds): what fills a list that the sources left short."""
@@ -360,14 +375,21 @@ class Engine:
                 if t0 is not None:  # it was running and missed its own deadline
                     raise
 
-    @staticmethod
-    def fetch_sizes(rt: Runtime, plan: Plan, k: int) -> dict[str, int]:
+    def fetch_sizes(self, rt: Runtime, plan: Plan, k: int) -> dict[str, int]:
         """How many candidates to ask each source for: its share of k times `sources.overfetch` (so that a
         source's unused quota can flow to the others and filters have slack), capped at k; the new-item
-        source only fills the exploration slots."""
-        total = sum(plan.mix.values()) or 1.0
-        over = rt.config.sources.overfetch
-        sizes = {n: min(k, max(10, math.ceil(k * w / total * over))) for n, w in plan.mix.items()}
+        source only fills the exploration slots. With rank curves, a source's share is the number of slots
+        its curve is expected to win in a fused top-k (`curve_shares`)."""
+        shares = dict(plan.mix)
+        if plan.curves:
+            key = (plan.cold, tuple(plan.mix), k)
+            cached = self._shares.get(key)
+            if cached is None:
+                if len(self._shares) > 1000:
+                    self._shares.clear()
+                cached = self._shares[key] = curve_shares(plan.curves, list(plan.mix), k)
+            shares = cached
+        sizes = source_fetch_sizes(shares, list(plan.mix), k, rt.config.sources.overfetch)
         frac = rt.config.blend.exploration_fraction
         if frac > 0 and "new_items" in rt.sources:
             sizes["new_items"] = max(1, math.ceil(k * frac * 2))
@@ -455,7 +477,7 @@ class Engine:
             blocked_creators=rt.state.activity.blocked_creators(ctx.user) if ctx.user >= 0 else None,
             item_creator=catalog.creator, item_category=catalog.category, explore=explore,
             item_vectors=rt.vector_lookup(np.arange(catalog.n_items)) if rt.config.blend.mmr_lambda > 0 else None,
-            fallback=self.fallback(rt, now),
+            fallback=self.fallback(rt, now), curves=plan.curves,
         )
         t_blend = time.perf_counter()
         res = self._result(rt, blended, explain=req.explain, variant=variant)

@@ -44,7 +44,9 @@ def restrict_until(ds: Dataset, until: int | None) -> Dataset:
 def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: Progress = NO_PROGRESS,
                     force: bool = False) -> TrainSummary:
     """Train everything on `ds` and write the artifacts directory `out` (replaced atomically)."""
+    from candgen.index.flat import FlatIndex
     from candgen.index.registry import choose_index
+    from candgen.model.export import TwoTowerModel
     from candgen.model.train import train_two_tower
     from candgen.sources.build import build_sources, save_state
 
@@ -59,7 +61,8 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
     try:
         t = time.perf_counter()
         now = int(ds.interactions.timestamp.max())
-        model = train_two_tower(ds, config=config.model, events=config.events, progress=progress)
+        held_out: list[TwoTowerModel] = []  # the model before it learnt the last 10%: for the calibration
+        model = train_two_tower(ds, config=config.model, events=config.events, progress=progress, held_out=held_out)
         seconds["train"] = time.perf_counter() - t
         t = time.perf_counter()
         model.save(tmp / "model")
@@ -80,8 +83,16 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
             from candgen.calibrate import calibrate
 
             t = time.perf_counter()
-            cal = calibrate(ds, config=config, model=model, index=index, vectors=vectors, progress=progress)
+            cal_model, cal_vectors, cal_index = model, vectors, index
+            if held_out:  # measure the sources with a model that did not learn the validation slice
+                cal_model = held_out[0]
+                cal_vectors = np.ascontiguousarray(cal_model.item_embeddings(ds, now=now), dtype=np.float32)
+                cal_index = FlatIndex(dim=cal_vectors.shape[1])
+                cal_index.add(cal_vectors, np.arange(ds.n_items, dtype=np.int64))
+            cal = calibrate(ds, config=config, model=cal_model, index=cal_index, vectors=cal_vectors,
+                            progress=progress)
             config = cal.config
+            cal.report["model"] = "held-out (early-stopped, before the validation slice)" if held_out else "final"
             extra["calibration"] = cal.report
             seconds["calibrate"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -302,12 +302,21 @@ def test_calibration_picks_from_the_grids_and_is_recorded(world):
         pytest.fail(f"the tiny world should be big enough to calibrate: {cal.report}")
     assert cal.config.sources.trending_half_life_hours in HALF_LIVES_H
     assert cal.config.sources.popular_half_life_hours == cal.config.sources.trending_half_life_hours
-    assert cal.config.sources.mix in [cfg.sources.mix, *WARM_MIXES]
-    assert cal.config.sources.cold_user_mix in [cfg.sources.cold_user_mix, *COLD_MIXES]
+    curves = cal.config.blend.rank_curves
+    assert (cal.config.blend.strategy == "calibrated") == bool(curves)
+    for cohort, attr, grid in (("warm", "mix", WARM_MIXES), ("cold", "cold_user_mix", COLD_MIXES)):
+        chosen = getattr(cal.config.sources, attr)
+        if cohort in curves:  # fusion: every source with a curve runs
+            assert set(chosen) == set(curves[cohort]) and cal.report[attr]["chosen"] == "calibrated"
+        else:
+            assert chosen in [getattr(cfg.sources, attr), *grid]
+        assert "fusion_recall_cross_fitted" in cal.report[attr] or "why" in cal.report[attr]
+    assert "fusion_recall_cross_fitted" in cal.report["mix"]  # the tiny world has warm validation users
     assert cfg.sources.trending_half_life_hours == 6.0  # the caller's config is not modified
     assert set(cal.report["half_life_recall"]) == {str(h) for h in HALF_LIVES_H}
     m = Manifest.read(world[0] / "art")
     assert m.config["sources"]["trending_half_life_hours"] in HALF_LIVES_H and "calibration" in m.extra
+    assert m.extra["calibration"]["model"].startswith("held-out")  # no leakage of the validation slice
 
 
 def test_calibration_is_skipped_without_enough_validation_users(world):
@@ -354,3 +363,46 @@ def test_two_workers_see_each_others_writes_before_validating_their_own(world, t
     finally:
         a.close()
         b.close()
+
+
+def test_the_engine_blends_by_rank_curves_when_calibrated(world):
+    """strategy "calibrated": warm users are blended by their cohort's curves (fetch sizes follow them),
+    a cohort without curves falls back to the quota merge by its mix."""
+    from candgen.blend.fusion import RANK_EDGES
+
+    root, ds = world
+    cfg = Config.from_dict(Manifest.read(root / "art").config)
+    n = len(RANK_EDGES)
+    cfg.blend.strategy = "calibrated"
+    cfg.blend.rank_curves = {"warm": {"collaborative": [0.5 / (b + 1) for b in range(n)], "trending": [0.001] * n,
+                                      "content": [0.002] * n}}
+    cfg.sources.mix = {"collaborative": 0.1, "trending": 0.45, "content": 0.45}
+    e = Engine.load(root / "art", config=cfg, deadlines=False)
+    try:
+        uid = warm_user(ds)
+        ctx = e.user_context(Request(user_id=uid, k=100), e.now_default)
+        plan = e.plan(ctx, e.rt)
+        assert plan.curves is not None and set(plan.curves) == {"collaborative", "trending", "content"}
+        sizes = e.fetch_sizes(e.rt, plan, 100)
+        assert sizes["collaborative"] > sizes["trending"] and sizes["collaborative"] > sizes["content"]
+        res = e.candidates(Request(user_id=uid, k=100, now=e.now_default, explain=True))
+        assert len(res.item_ids) == 100 == len(set(res.item_ids))
+        found = [set(s) for s in res.sources]
+        assert sum("collaborative" in s for s in found) > 50  # the strong curve takes most slots
+        assert np.all(np.diff(np.asarray(res.scores)) <= 1e-6)
+        cold = e.plan(e.user_context(Request(user_id="never-seen", k=50), e.now_default), e.rt)
+        assert cold.cold and cold.curves is None
+        assert len(e.candidates(Request(user_id="never-seen", k=50, now=e.now_default)).item_ids) == 50
+    finally:
+        e.close()
+
+
+def test_bad_rank_curves_in_the_config_fail_at_start_not_per_request(world):
+    from candgen.config import ConfigError
+
+    root, _ = world
+    cfg = Config.from_dict(Manifest.read(root / "art").config)
+    cfg.blend.strategy = "calibrated"
+    cfg.blend.rank_curves = {"warm": {"collaborative": [0.5, 0.2]}}
+    with pytest.raises(ConfigError, match="blend.rank_curves.warm.collaborative"):
+        Engine.load(root / "art", config=cfg, deadlines=False)

@@ -16,13 +16,15 @@ import numpy as np
 from candgen.blend.diversity import apply_caps, mmr
 from candgen.blend.exploration import insert_exploration
 from candgen.blend.filters import ItemSet, apply_filters
+from candgen.blend.fusion import check_curves, fusion_merge
 from candgen.blend.idset import first_occurrence, member
 from candgen.blend.merge import Blended, quota_merge, weighted_merge
 from candgen.blend.normalize import NORMALIZATIONS
 from candgen.config import BlendConfig, ConfigError
 from candgen.types import Candidates
 
-STRATEGIES = ("quota", "weighted")
+STRATEGIES = ("quota", "weighted", "calibrated")
+COHORTS = ("warm", "cold")
 
 
 def check_config(config: BlendConfig) -> None:
@@ -41,6 +43,20 @@ def check_config(config: BlendConfig) -> None:
         raise ConfigError(f"blend.exploration_fraction: expected a number in [0, 1], got {config.exploration_fraction}")
     if not config.diversity_pool >= 1.0:
         raise ConfigError(f"blend.diversity_pool: expected a number >= 1, got {config.diversity_pool}")
+
+
+def rank_curves(config: BlendConfig) -> dict[str, dict[str, np.ndarray]]:
+    """`config.rank_curves` as arrays, checked once (at start-up, not per request): cohort → source → curve."""
+    out = {}
+    for cohort, curves in config.rank_curves.items():
+        if cohort not in COHORTS:
+            raise ConfigError(f"blend.rank_curves: expected cohorts {' and '.join(COHORTS)}, got {cohort!r}")
+        try:
+            check_curves(curves, f"blend.rank_curves.{cohort}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        out[cohort] = {name: np.asarray(c, np.float32) for name, c in curves.items()}
+    return out
 
 
 def _scores_below(last: float, n: int) -> np.ndarray:
@@ -80,13 +96,16 @@ def blend(
     item_vectors: np.ndarray | None = None,
     fallback: Candidates | None = None,
     rng: np.random.Generator | None = None,
+    curves: dict[str, np.ndarray] | None = None,
 ) -> Blended:
     """Blend every source's candidates into one list of at most k, best first, with provenance.
 
     1. Filters (`apply_filters`) drop excluded, deleted and blocked-creator items from every list, the
        exploration and the fallback candidates, before anything is counted.
     2. Merge by `config.strategy`: `quota_merge` by `mix`, or `weighted_merge` with `mix` as weights and
-       `rng`; the quota merge ranks by scores normalised by `config.normalization`. With caps or MMR on, the
+       `rng`, or `fusion_merge` by the rank `curves` of this request's cohort ("calibrated"; without
+       curves it falls back to the quota merge); the quota merge ranks by scores normalised by
+       `config.normalization`. With caps or MMR on, the
        merge fills `config.diversity_pool * k` so that diversity has items to choose from.
     3. Diversity: MMR re-orders the pool when `0 < config.mmr_lambda < 1` (needs `item_vectors`); caps per
        creator / category (`item_creator`, `item_category` codes) then take k, deferring items over a cap.
@@ -110,6 +129,8 @@ def blend(
     pool_k = max(k, math.ceil(k * config.diversity_pool)) if (use_mmr or use_caps) else k
     if config.strategy == "weighted":
         merged = weighted_merge(lists, mix, pool_k, rng=rng)
+    elif config.strategy == "calibrated" and curves:
+        merged = fusion_merge(lists, curves, pool_k)
     else:
         merged = quota_merge(lists, mix, pool_k, normalization=config.normalization)
 

@@ -231,12 +231,16 @@ def recall_at_k(model: TwoTowerModel, history: Dataset, future: Interactions, ev
 
 
 def train_two_tower(train: Dataset, *, config: ModelConfig, events: EventsConfig, valid: Interactions | None = None,
-                    progress: Progress = NO_PROGRESS, refit: bool = True) -> TwoTowerModel:
+                    progress: Progress = NO_PROGRESS, refit: bool = True,
+                    held_out: list[TwoTowerModel] | None = None) -> TwoTowerModel:
     """Train both towers on `train` and return the numpy export (its `info["train"]` is a `TrainReport`).
 
     Without `valid`, the last 10% of `train` by time is held out to choose the number of epochs (early
     stopping on recall@eval_k); with `refit` the model is then retrained on all of `train` for that many
     epochs, so the freshest engagements are learnt too. With `valid`, `train` is used whole.
+
+    `held_out`, when given, receives the early-stopped model that never saw the held-out last 10% (before
+    the refit): the train-time calibration measures the sources on that slice without leakage.
     """
     check_config(config)
     prev_threads = torch.get_num_threads()
@@ -253,6 +257,8 @@ def train_two_tower(train: Dataset, *, config: ModelConfig, events: EventsConfig
         model, report = _fit(train.with_interactions(fit_inter), space, config, events, valid=valid_inter,
                              epochs=config.epochs, progress=progress, total_epochs=total)
         if refit and valid_inter is not None and len(valid_inter):
+            if held_out is not None:
+                held_out.append(model)
             model, refit_report = _fit(train, space, config, events, valid=None, epochs=report.best_epoch,
                                        progress=progress, total_epochs=report.epochs_run + report.best_epoch)
             report.examples += refit_report.examples

@@ -1,0 +1,70 @@
+"""The blend half of the calibration (candgen.calibrate_blend) on hand-made validation lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from candgen.blend.fusion import RANK_EDGES
+from candgen.calibrate_blend import Sample, choose_blend, fit_curves, fusion_recall, quota_recall
+from candgen.types import Candidates
+
+
+def lst(ids: list[int] | np.ndarray, source: str) -> Candidates:
+    ids = np.asarray(ids, np.int64)
+    return Candidates(ids, np.linspace(1, 0, len(ids)).astype(np.float32), source)
+
+
+def sample(a: list[int], b: list[int], truth: list[int]) -> Sample:
+    return Sample([lst(a, "a"), lst(b, "b")], np.array(truth, np.int64))
+
+
+def test_fit_curves_measure_hit_rates_by_rank_and_weigh_users_by_their_recall():
+    s1 = sample([1, 2, 3, 4], [5, 6, 7, 8], [1])  # a's first item hits
+    s2 = sample([1, 2, 3, 4], [5, 6, 7, 8], [5, 9, 10, 11])  # b's first item hits (a quarter of the recall)
+    curves = fit_curves([s1, s2], ["a", "b"])
+    assert set(curves) == {"a", "b"} and len(curves["a"]) == len(RANK_EDGES)
+    # user weights 2.5/1 and 2.5/4: a's hit (user 1) counts 4x b's hit (user 2)
+    assert curves["a"][0] > 3 * curves["b"][0] and curves["a"][0] > curves["a"][3]
+    assert all(x >= y for x, y in zip(curves["a"], curves["a"][1:], strict=False))
+
+
+def test_quota_and_fusion_recall_on_a_hand_case():
+    s = sample([1, 2, 3, 4], [5, 6, 7, 8], [1, 5, 6])
+    assert quota_recall([s], {"a": 1.0}, k=2, overfetch=1.0, normalization="rank") == pytest.approx(1 / 3)
+    assert quota_recall([s], {"a": 0.5, "b": 0.5}, k=2, overfetch=1.0, normalization="rank") == pytest.approx(2 / 3)
+    curves = {"a": [0.01] * len(RANK_EDGES), "b": [0.5] * len(RANK_EDGES)}
+    assert fusion_recall([s], curves, k=2, overfetch=1.0) == pytest.approx(2 / 3)
+
+
+def consistent(n: int) -> list[Sample]:
+    """Every user finds hits at the top 3 of both sources and nowhere else."""
+    out = []
+    for u in range(n):
+        a = np.arange(1000 * u, 1000 * u + 50)
+        b = np.arange(1000 * u + 500, 1000 * u + 550)
+        out.append(Sample([lst(a, "a"), lst(b, "b")], np.concatenate([a[:3], b[:3]])))
+    return out
+
+
+def test_fusion_is_chosen_when_it_beats_every_mix_out_of_sample():
+    grid = [{"a": 1.0}, {"a": 0.9, "b": 0.1}]
+    choice = choose_blend(consistent(20), current={"a": 0.95, "b": 0.05}, grid=grid, k=6, overfetch=2.0,
+                          normalization="rank")
+    assert choice.curves is not None and choice.report["chosen"] == "calibrated"
+    assert choice.report["fusion_recall_cross_fitted"] == pytest.approx(1.0)
+    assert set(choice.mix) == {"a", "b"} and all(w >= 0.01 for w in choice.mix.values())
+    assert len(choice.report["tried"]) == 3
+
+
+def test_a_quota_mix_is_kept_when_fusion_does_not_generalise():
+    samples = []
+    for u in range(20):  # even users hit only in a's top 3, odd users only in b's: the halves disagree
+        a = np.arange(1000 * u, 1000 * u + 50)
+        b = np.arange(1000 * u + 500, 1000 * u + 550)
+        samples.append(Sample([lst(a, "a"), lst(b, "b")], a[:3] if u % 2 == 0 else b[:3]))
+    current = {"a": 0.5, "b": 0.5}
+    choice = choose_blend(samples, current=current, grid=[{"a": 1.0}], k=6, overfetch=2.0, normalization="rank")
+    assert choice.curves is None and choice.mix == current and choice.report["chosen"] == current
+    assert choice.report["recall"] == pytest.approx(1.0)
+    assert choice.report["fusion_recall_cross_fitted"] < 1.0
