@@ -6,15 +6,17 @@ a film catalog's is months) and so does the value of each source, so one fixed d
 right everywhere. `calibrate` splits the training log by time (the last `valid_fraction`), and
 
 1. for each half-life of a small grid (6 h .. 1 year), ranks the whole catalog by the forward-decayed
-   engagement of the fit part and measures recall@k of that one list on the validation users (cheap:
+   engagement of the fit part and measures recall@k (averaged over `ks`, the head and the full list)
+   of that one list on the validation users (cheap:
    one weighted bincount per half-life); the best becomes both `trending_half_life_hours` and
    `popular_half_life_hours`;
 2. builds the sources' state on the fit part with those half-lives, runs every source alone for each
    validation user (once), and scores candidate blends offline on those lists
-   (`candgen.calibrate_blend`): a few quota mixes (the configured one first; ties keep it) and
-   calibrated rank fusion (`candgen.blend.fusion`, cross-fitted) — warm users for `sources.mix`, new
-   users for `sources.cold_user_mix`. When fusion wins for a cohort, `blend.strategy` becomes
-   "calibrated" and that cohort's rank curves are stored in `blend.rank_curves`.
+   (`candgen.calibrate_blend`): a few quota mixes and calibrated rank fusion (`candgen.blend.fusion`,
+   cross-fitted) against the configured mix — warm users for `sources.mix`, new users for
+   `sources.cold_user_mix`. The configured mix stays unless an option beats it beyond noise (paired
+   per-user differences); when fusion wins for a cohort, `blend.strategy` becomes "calibrated" and that
+   cohort's rank curves are stored in `blend.rank_curves`.
 
 The collaborative source is measured with the model that never learnt the validation slice (the
 early-stopped model from before the refit, `train_two_tower(held_out=...)`), so that it is not
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,8 +75,8 @@ def _recall(lists: list[np.ndarray], truth: list[np.ndarray]) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
-def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: np.ndarray, k: int = 100,
-              valid_fraction: float = 0.1, max_users: int = 400, seed: int = 0, depth: int = 1000,
+def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: np.ndarray,
+              valid_fraction: float = 0.1, max_users: int = 400, seed: int = 0, ks: tuple[int, ...] = (100, 1000),
               progress: Progress = NO_PROGRESS) -> Calibration:
     """A copy of `config` with the calibrated half-lives and mixes; `report` says what was measured."""
     from candgen.data.split import time_split
@@ -105,11 +108,12 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
     age_h = (now - inter.timestamp.astype(np.float64)) / 3600.0
     seen = _seen_sets(fit, everyone)
     scores_by_hl = {}
+    depth = max(ks) + max((len(x) for x in seen), default=0)
     for hl in HALF_LIVES_H:
         s = np.bincount(inter.item, weights=w * np.exp2(-age_h / hl), minlength=fit.n_items)
-        top = np.argsort(-s, kind="stable")[: k + 200]
-        lists = [top[~np.isin(top, seen[i])][:k] for i in range(len(everyone))]
-        scores_by_hl[hl] = _recall(lists, rel)
+        top = np.argsort(-s, kind="stable")[:depth]
+        lists = [top[~np.isin(top, seen[i])] for i in range(len(everyone))]
+        scores_by_hl[hl] = float(np.mean([_recall([x[:k] for x in lists], rel) for k in ks]))
         progress.advance("calibrate", 1)
     best_hl = max(HALF_LIVES_H, key=lambda h: (scores_by_hl[h], h == cfg.sources.trending_half_life_hours))
     cfg.sources.trending_half_life_hours = best_hl
@@ -138,9 +142,10 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
                 report[attr] = {"kept": current, "why": f"{len(users)} {cohort} validation users"}
                 progress.advance("calibrate", len(grid))
                 continue
-            samples = collect_lists(engine, fit, users, truth, now=now, depth=max(depth, k))
+            samples = collect_lists(engine, fit, users, truth, now=now,
+                                    depth=math.ceil(max(ks) * max(1.0, cfg.sources.overfetch)))
             progress.advance("calibrate", len(grid) // 2)
-            choice = choose_blend(samples, current=current, grid=grid, k=k, overfetch=cfg.sources.overfetch,
+            choice = choose_blend(samples, current=current, grid=grid, ks=ks, overfetch=cfg.sources.overfetch,
                                   normalization=cfg.blend.normalization)
             progress.advance("calibrate", len(grid) - len(grid) // 2)
             setattr(cfg.sources, attr, dict(choice.mix))

@@ -9,9 +9,10 @@ for:
 - rank fusion (`candgen.blend.fusion`), with its rank curves fitted on one half of the users and scored
   on the other, both ways (2-fold cross-fitting: the curves never score the users they were fitted on).
 
-Fusion is chosen when its cross-fitted recall@k is at least the best quota mix's recall (which, chosen on
-the very users it is scored on, is the optimistic one of the two); then the curves are refitted on
-every validation user.
+Recall is averaged over the list sizes `ks` (the head and the full list the service returns). The
+configured mix stays unless an option beats it beyond noise: by more than z standard errors of the
+paired per-user difference (few validation users, as on small public data sets, must not move the blend
+on noise). Fusion, when chosen, has its curves refitted on every validation user.
 """
 
 from __future__ import annotations
@@ -100,57 +101,93 @@ def fit_curves(samples: Sequence[Sample], names: Sequence[str]) -> dict[str, lis
     return {n: [round(float(v), 6) for v in fit_curve(hits[n], shown[n])] for n in names}
 
 
-def quota_recall(samples: Sequence[Sample], mix: Mapping[str, float], *, k: int, overfetch: float,
-                 normalization: str) -> float:
-    """Mean recall@k of the quota merge by `mix`, each source truncated to what the engine asks it for."""
+def quota_recall(samples: Sequence[Sample], mix: Mapping[str, float], *, ks: Sequence[int], overfetch: float,
+                 normalization: str) -> np.ndarray:
+    """Per user, recall@k of the quota merge by `mix` averaged over `ks`, each source truncated to what the
+    engine asks it for at that k."""
     from candgen.engine import source_fetch_sizes
 
     names = [n for n, w in mix.items() if w > 0]
-    sizes = source_fetch_sizes(dict(mix), names, k, overfetch)
-    vals = [_recall(quota_merge(_truncate(s.lists, sizes), dict(mix), k, normalization=normalization).ids, s.truth)
-            for s in samples]
-    return float(np.mean(vals)) if vals else 0.0
+    out = np.zeros(len(samples))
+    for k in ks:
+        sizes = source_fetch_sizes(dict(mix), names, k, overfetch)
+        out += [_recall(quota_merge(_truncate(s.lists, sizes), dict(mix), k, normalization=normalization).ids,
+                        s.truth) for s in samples]
+    return out / max(1, len(ks))
 
 
-def fusion_recall(samples: Sequence[Sample], curves: Mapping[str, Sequence[float]], *, k: int,
-                  overfetch: float) -> float:
-    """Mean recall@k of rank fusion by `curves`, each source truncated to what the engine asks it for."""
+def fusion_recall(samples: Sequence[Sample], curves: Mapping[str, Sequence[float]], *, ks: Sequence[int],
+                  overfetch: float) -> np.ndarray:
+    """Per user, recall@k of rank fusion by `curves` averaged over `ks` (sources truncated as the engine does)."""
     from candgen.engine import source_fetch_sizes
 
     names = list(curves)
-    sizes = source_fetch_sizes(curve_shares(curves, names, k), names, k, overfetch)
-    vals = [_recall(fusion_merge(_truncate(s.lists, sizes), curves, k).ids, s.truth) for s in samples]
-    return float(np.mean(vals)) if vals else 0.0
+    out = np.zeros(len(samples))
+    for k in ks:
+        sizes = source_fetch_sizes(curve_shares(curves, names, k), names, k, overfetch)
+        out += [_recall(fusion_merge(_truncate(s.lists, sizes), curves, k).ids, s.truth) for s in samples]
+    return out / max(1, len(ks))
 
 
-def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequence[Mapping[str, float]], k: int,
-                 overfetch: float, normalization: str) -> BlendChoice:
-    """The best of the quota mixes (`current` first, ties keep it) and cross-fitted rank fusion."""
+def cross_fitted_fusion(samples: list[Sample], names: Sequence[str], *, ks: Sequence[int],
+                        overfetch: float) -> np.ndarray | None:
+    """Per user (in `samples` order), fusion's recall with curves fitted on the other half of the users."""
+    if len(samples) < 2:
+        return None
+    out = np.zeros(len(samples))
+    idx = np.arange(len(samples))
+    for fit_idx, score_idx in ((idx[0::2], idx[1::2]), (idx[1::2], idx[0::2])):
+        curves = fit_curves([samples[i] for i in fit_idx], names)
+        out[score_idx] = fusion_recall([samples[i] for i in score_idx], curves, ks=ks, overfetch=overfetch)
+    return out
+
+
+def margin(option: np.ndarray, default: np.ndarray, z: float) -> float:
+    """How surely `option` beats `default` on the same users: the mean paired difference minus z standard
+    errors of it (> 0: better beyond noise)."""
+    d = option - default
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    return float(d.mean()) - z * se
+
+
+def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequence[Mapping[str, float]],
+                 ks: Sequence[int], overfetch: float, normalization: str, z: float = 1.0) -> BlendChoice:
+    """The configured mix `current` unless a grid mix or cross-fitted rank fusion beats it by more than `z`
+    standard errors of the paired per-user difference (recall averaged over `ks`); among those that do,
+    the one with the largest such margin."""
     present = {c.source for s in samples for c in s.lists}
-    quota = []
-    for mix in (current, *[m for m in grid if m != current]):
-        usable = {n: float(w) for n, w in mix.items() if n in present}
-        quota.append((quota_recall(samples, usable, k=k, overfetch=overfetch, normalization=normalization), mix))
-    best_q = max(quota, key=lambda r: r[0])  # max keeps the first (the configured mix) on ties
+    usable = {n: float(w) for n, w in current.items() if n in present}
+    base = quota_recall(samples, usable, ks=ks, overfetch=overfetch, normalization=normalization)
+    tried: list[dict[str, Any]] = [{"mix": current, "recall": round(float(base.mean()), 4), "margin": 0.0}]
+    best: tuple[float, Mapping[str, float] | str] = (0.0, "current")
+    for mix in grid:
+        if mix == current:
+            continue
+        r = quota_recall(samples, {n: float(w) for n, w in mix.items() if n in present}, ks=ks, overfetch=overfetch,
+                         normalization=normalization)
+        m = margin(r, base, z)
+        tried.append({"mix": dict(mix), "recall": round(float(r.mean()), 4), "margin": round(m, 4)})
+        if m > best[0]:
+            best = (m, mix)
     names = sorted(present)
-    halves = (samples[0::2], samples[1::2])
-    fused = []
-    for fit_part, score_part in (halves, halves[::-1]):
-        if fit_part and score_part:
-            fused.append((fusion_recall(score_part, fit_curves(fit_part, names), k=k, overfetch=overfetch),
-                          len(score_part)))
-    fusion_cv = sum(r * n for r, n in fused) / max(1, sum(n for _, n in fused))
-    report: dict[str, Any] = {
-        "tried": [{"mix": m, "recall": round(r, 4)} for r, m in quota],
-        "fusion_recall_cross_fitted": round(fusion_cv, 4),
-    }
-    if fused and fusion_cv >= best_q[0]:
-        curves = fit_curves(samples, names)
-        shares = curve_shares(curves, names, k)
-        total = sum(shares.values()) or 1.0
-        # every source with a curve keeps a weight, so that it runs (its slots are decided by its curve)
-        mix = {n: round(max(shares.get(n, 0.0) / total, 0.01), 3) for n in names}
-        report.update(chosen="calibrated", mix=mix, recall=round(fusion_cv, 4))
-        return BlendChoice(mix, curves, report)
-    report.update(chosen=best_q[1], recall=round(best_q[0], 4))
-    return BlendChoice(dict(best_q[1]), None, report)
+    fused = cross_fitted_fusion(samples, names, ks=ks, overfetch=overfetch)
+    report: dict[str, Any] = {"ks": list(ks), "z": z, "tried": tried}
+    if fused is not None:
+        m = margin(fused, base, z)
+        report["fusion_recall_cross_fitted"] = round(float(fused.mean()), 4)
+        report["fusion_margin"] = round(m, 4)
+        if m > best[0]:
+            curves = fit_curves(samples, names)
+            k = max(ks)
+            shares = curve_shares(curves, names, k)
+            total = sum(shares.values()) or 1.0
+            # every source with a curve keeps a weight, so that it runs (its slots are decided by its curve)
+            mix = {n: round(max(shares.get(n, 0.0) / total, 0.01), 3) for n in names}
+            report.update(chosen="calibrated", mix=mix, recall=report["fusion_recall_cross_fitted"])
+            return BlendChoice(mix, curves, report)
+    if isinstance(best[1], str):
+        report.update(chosen=current, recall=tried[0]["recall"])
+        return BlendChoice(dict(current), None, report)
+    chosen = dict(best[1])
+    report.update(chosen=chosen, recall=next(t["recall"] for t in tried if t["mix"] == chosen))
+    return BlendChoice(chosen, None, report)

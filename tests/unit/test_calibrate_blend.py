@@ -31,10 +31,13 @@ def test_fit_curves_measure_hit_rates_by_rank_and_weigh_users_by_their_recall():
 
 def test_quota_and_fusion_recall_on_a_hand_case():
     s = sample([1, 2, 3, 4], [5, 6, 7, 8], [1, 5, 6])
-    assert quota_recall([s], {"a": 1.0}, k=2, overfetch=1.0, normalization="rank") == pytest.approx(1 / 3)
-    assert quota_recall([s], {"a": 0.5, "b": 0.5}, k=2, overfetch=1.0, normalization="rank") == pytest.approx(2 / 3)
+    assert quota_recall([s], {"a": 1.0}, ks=(2,), overfetch=1.0, normalization="rank") == pytest.approx([1 / 3])
+    both = quota_recall([s, s], {"a": 0.5, "b": 0.5}, ks=(2,), overfetch=1.0, normalization="rank")
+    assert both == pytest.approx([2 / 3, 2 / 3])
     curves = {"a": [0.01] * len(RANK_EDGES), "b": [0.5] * len(RANK_EDGES)}
-    assert fusion_recall([s], curves, k=2, overfetch=1.0) == pytest.approx(2 / 3)
+    assert fusion_recall([s], curves, ks=(2,), overfetch=1.0) == pytest.approx([2 / 3])
+    # averaged over list sizes: @1 finds b's 5 (1/3), @2 finds 5 and 6 (2/3)
+    assert fusion_recall([s], curves, ks=(1, 2), overfetch=1.0) == pytest.approx([0.5])
 
 
 def consistent(n: int) -> list[Sample]:
@@ -49,12 +52,29 @@ def consistent(n: int) -> list[Sample]:
 
 def test_fusion_is_chosen_when_it_beats_every_mix_out_of_sample():
     grid = [{"a": 1.0}, {"a": 0.9, "b": 0.1}]
-    choice = choose_blend(consistent(20), current={"a": 0.95, "b": 0.05}, grid=grid, k=6, overfetch=2.0,
+    choice = choose_blend(consistent(20), current={"a": 0.95, "b": 0.05}, grid=grid, ks=(6,), overfetch=2.0,
                           normalization="rank")
     assert choice.curves is not None and choice.report["chosen"] == "calibrated"
     assert choice.report["fusion_recall_cross_fitted"] == pytest.approx(1.0)
     assert set(choice.mix) == {"a", "b"} and all(w >= 0.01 for w in choice.mix.values())
-    assert len(choice.report["tried"]) == 3
+    assert len(choice.report["tried"]) == 3 and choice.report["fusion_margin"] == pytest.approx(0.5)
+
+
+def test_a_gain_within_the_noise_does_not_move_the_configured_mix():
+    samples = []
+    for u in range(4):  # the mix gains for two users, loses for one, ties for one: better on average only
+        a = np.arange(1000 * u, 1000 * u + 50)
+        b = np.arange(1000 * u + 500, 1000 * u + 550)
+        samples.append(Sample([lst(a, "a"), lst(b, "b")], (b[:3], b[:3], a[:3], a[:1])[u]))
+    current = {"a": 1.0}
+    choice = choose_blend(samples, current=current, grid=[{"a": 0.5, "b": 0.5}], ks=(3,), overfetch=1.0,
+                          normalization="rank", z=1.0)
+    better = choice.report["tried"][1]
+    assert better["recall"] > choice.report["tried"][0]["recall"] and better["margin"] <= 0
+    assert choice.mix == current and choice.curves is None
+    # with z = 0 the same evidence is enough
+    assert choose_blend(samples, current=current, grid=[{"a": 0.5, "b": 0.5}], ks=(3,), overfetch=1.0,
+                        normalization="rank", z=0.0).mix != current
 
 
 def test_a_quota_mix_is_kept_when_fusion_does_not_generalise():
@@ -64,7 +84,8 @@ def test_a_quota_mix_is_kept_when_fusion_does_not_generalise():
         b = np.arange(1000 * u + 500, 1000 * u + 550)
         samples.append(Sample([lst(a, "a"), lst(b, "b")], a[:3] if u % 2 == 0 else b[:3]))
     current = {"a": 0.5, "b": 0.5}
-    choice = choose_blend(samples, current=current, grid=[{"a": 1.0}], k=6, overfetch=2.0, normalization="rank")
+    choice = choose_blend(samples, current=current, grid=[{"a": 1.0}], ks=(6,), overfetch=2.0,
+                          normalization="rank")
     assert choice.curves is None and choice.mix == current and choice.report["chosen"] == current
     assert choice.report["recall"] == pytest.approx(1.0)
     assert choice.report["fusion_recall_cross_fitted"] < 1.0

@@ -21,7 +21,7 @@ from candgen.config import EventsConfig
 from candgen.data.dataset import Csr
 from candgen.data.split import Split
 from candgen.eval import metrics as m
-from candgen.eval.baselines import EASERecommender, Recommender, engagement_matrix, seen_matrix
+from candgen.eval.baselines import BASELINES, EASERecommender, Recommender, engagement_matrix, seen_matrix
 from candgen.types import NO_PROGRESS, BatchCandidates, Progress
 
 COHORTS = ("warm", "cold")
@@ -160,7 +160,8 @@ class EvalReport:
         matplotlib.use("Agg")  # files only: never needs a display
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(COHORTS), figsize=(10, 4.2), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(COHORTS), figsize=(12, 4.6), sharey=True, squeeze=False)
+        cmap = plt.get_cmap("tab20")
         try:
             for ax, cohort in zip(axes[0], COHORTS, strict=True):
                 n = self.cohort_users.get(cohort, 0)
@@ -168,15 +169,28 @@ class EvalReport:
                     ys = [r.metrics[cohort].get(f"recall@{k}", float("nan")) for k in self.ks]
                     err = [r.stderr.get(cohort, {}).get(f"recall@{k}", float("nan")) for k in self.ks]
                     if n and not all(np.isnan(ys)):
-                        ax.errorbar(self.ks, ys, yerr=np.nan_to_num(err), marker="o", capsize=3,
-                                    color=f"C{i % 10}", label=r.name)
+                        # the blend bold black, its ablations dotted, the baselines dashed, sources solid
+                        blend = r.name == "candgen"
+                        style = "-" if blend else ":" if r.name.startswith("candgen - ") else (
+                            "--" if r.name in BASELINES else "-")
+                        ax.errorbar(self.ks, ys, yerr=np.nan_to_num(err), marker="o", markersize=4, capsize=3,
+                                    linestyle=style, linewidth=2.8 if blend else 1.2, zorder=3 if blend else 2,
+                                    color="black" if blend else cmap(i % 20), label=r.name)
                 ax.set_title(f"{cohort} users ({n:,})")
                 ax.set_xlabel("k")
+                if len(self.ks) > 1 and min(self.ks) > 0 and max(self.ks) / min(self.ks) >= 10:
+                    ax.set_xscale("log")
                 ax.grid(alpha=0.3)
-                if ax.lines:
-                    ax.legend(fontsize=8)
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            for ax in axes[0][1:]:  # a recommender with no line in the first panel still gets a legend entry
+                for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                    if lab not in labels:
+                        handles.append(h)
+                        labels.append(lab)
+            if handles:
+                fig.legend(handles, labels, loc="center right", fontsize=8)
             axes[0][0].set_ylabel("recall@k")
-            fig.tight_layout()
+            fig.tight_layout(rect=(0, 0, 0.82, 1))
             fig.savefig(path, dpi=110)
         finally:
             plt.close(fig)
