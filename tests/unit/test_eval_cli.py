@@ -117,10 +117,17 @@ def test_train_then_evaluate_the_blend(data_dir: Path, tmp_path: Path, capsys: p
     cfg = tmp_path / "tiny.toml"
     cfg.write_text("[model]\nepochs = 1\ndim = 16\nbatch_size = 64\n")
     rc = run(["evaluate", str(data_dir), "--quiet", "--json", "--k", "5", "--baselines", "popular",
-              "--artifacts", str(tmp_path / "art"), "--train", "--config", str(cfg)])
+              "--artifacts", str(tmp_path / "art"), "--train", "--config", str(cfg), "--report", str(tmp_path / "rep")])
     assert rc == 0
-    names = [r["name"] for r in json.loads(capsys.readouterr().out)["results"]]
+    results = json.loads(capsys.readouterr().out)["results"]
+    names = [r["name"] for r in results]
     assert names[0] == "candgen" and names[-1] == "popular" and len(names) > 2  # blend, sources, ablations
+    # every source alone (whatever the mixes name), each with its score distribution; not the exploration source
+    sources = {"collaborative", "content", "trending", "social", "cold_start"}
+    assert sources <= set(names) and "new_items" not in names
+    assert all("scores" in r for r in results if r["name"] in sources)
+    assert "scores" not in results[0] and "scores" not in results[-1]
+    assert (tmp_path / "rep" / "score_distributions.png").exists()
     assert (tmp_path / "art" / "manifest.json").exists()
 
 

@@ -127,6 +127,45 @@ def test_report_outputs(split: Split, tmp_path: Path) -> None:
     assert "cold users (1)" in text and "popular" in text and "coverage" in text and "all test users, at k=2" in text
 
 
+class ScoredSource:
+    """A source-like recommender whose lists carry scores (evaluate samples them for the report)."""
+
+    reports_scores = True
+
+    def __init__(self) -> None:
+        self.name = "scored"
+
+    def recommend(self, users: np.ndarray, k: int) -> BatchCandidates:
+        ids = np.full((len(users), k), -1, dtype=np.int64)
+        scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+        ids[:, :2] = [0, 2]  # two candidates each; the padding's -inf scores are not samples
+        scores[:, :2] = [0.9, 0.1]
+        return BatchCandidates(ids, scores)
+
+
+def test_score_distributions_of_sources_that_report_scores(split: Split, tmp_path: Path) -> None:
+    report = evaluate(split, [ScoredSource(), PopularRecommender()], ks=[2])
+    scored, pop = report.results
+    assert pop.scores is None and pop.score_summary() == {}
+    assert sorted(scored.scores.tolist()) == pytest.approx([0.1, 0.1, 0.1, 0.9, 0.9, 0.9])  # 3 users x 2
+    summary = scored.score_summary()
+    assert summary["n"] == 6 and summary["min"] == pytest.approx(0.1) and summary["max"] == pytest.approx(0.9)
+    d = report.to_dict()
+    assert d["results"][0]["scores"]["p50"] == pytest.approx(0.5) and "scores" not in d["results"][1]
+    paths = report.write(tmp_path / "rep")
+    assert [p.name for p in paths][-1] == "score_distributions.png"
+    assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths[0].read_text()
+    assert "## score distributions" in md and "| scored |" in md and "score_distributions.png" in md
+
+
+def test_plot_scores_needs_scores(split: Split, tmp_path: Path) -> None:
+    from candgen.eval.plots import plot_scores
+
+    with pytest.raises(ValueError, match="no recommender reported scores"):
+        plot_scores(evaluate(split, [PopularRecommender()], ks=[2]), tmp_path / "x.png")
+
+
 def test_missing_cohort_shows_na(tmp_path: Path) -> None:
     rows = [r for r in ROWS if r[0] != "c1"]
     report = evaluate(time_split(dataset(rows), until=100), [PopularRecommender()], ks=[2])

@@ -21,7 +21,7 @@ from candgen.config import EventsConfig
 from candgen.data.dataset import Csr
 from candgen.data.split import Split
 from candgen.eval import metrics as m
-from candgen.eval.baselines import BASELINES, EASERecommender, Recommender, engagement_matrix, seen_matrix
+from candgen.eval.baselines import EASERecommender, Recommender, engagement_matrix, seen_matrix
 from candgen.types import NO_PROGRESS, BatchCandidates, Progress
 
 COHORTS = ("warm", "cold")
@@ -33,6 +33,9 @@ class RecommenderLike(Protocol):
     name: str
 
     def recommend(self, users: np.ndarray, k: int) -> BatchCandidates: ...
+
+
+MAX_SCORE_SAMPLE = 50_000
 
 
 @dataclass
@@ -47,6 +50,18 @@ class RecommenderResult:
     notes: list[str] = field(default_factory=list)
     # cohort -> {"recall@50": standard error of the mean over users, ...}: small cohorts are noisy
     stderr: dict[str, dict[str, float]] = field(default_factory=dict)
+    # raw scores of the candidates it returned (a sample), for recommenders that set `reports_scores`
+    # (candgen's sources): their distributions show whether the blend's normalisation has work to do
+    scores: np.ndarray | None = None
+
+    def score_summary(self) -> dict[str, float]:
+        """Count, min, max and the 1/10/50/90/99th percentiles of `scores` (empty without scores)."""
+        if self.scores is None or len(self.scores) == 0:
+            return {}
+        q = np.percentile(self.scores, [1, 10, 50, 90, 99])
+        return {"n": float(len(self.scores)), "min": float(self.scores.min()), "p1": float(q[0]),
+                "p10": float(q[1]), "p50": float(q[2]), "p90": float(q[3]), "p99": float(q[4]),
+                "max": float(self.scores.max())}
 
 
 @dataclass
@@ -64,6 +79,7 @@ class EvalReport:
             "ks": self.ks, "cohort_users": self.cohort_users, "split": self.split, "notes": self.notes,
             "results": [
                 {"name": r.name, "metrics": r.metrics, "stderr": r.stderr, "beyond": r.beyond,
+                 **({"scores": r.score_summary()} if r.scores is not None else {}),
                  "fit_seconds": round(r.fit_seconds, 3),
                  "recommend_seconds": round(r.recommend_seconds, 3), "notes": r.notes}
                 for r in self.results
@@ -138,6 +154,13 @@ class EvalReport:
         if notes:
             lines += ["", "## notes", ""] + [f"- {n}" for n in notes]
         lines += ["", "![recall@k](recall_at_k.png)", ""]
+        scored = [r for r in self.results if r.score_summary()]
+        if scored:
+            cols = ["n", "min", "p1", "p10", "p50", "p90", "p99", "max"]
+            lines += ["## score distributions (each source's own scores of what it returned)", ""]
+            lines += _md_table(["source", *cols], [[r.name, *(f"{r.score_summary()[c]:.4g}" for c in cols)]
+                                                   for r in scored])
+            lines += ["", "![score distributions](score_distributions.png)", ""]
         return "\n".join(lines)
 
     def write(self, report_dir: str | Any) -> list[Any]:
@@ -151,49 +174,19 @@ class EvalReport:
         md.write_text(self.to_markdown())
         js.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         self.plot(png)
-        return [md, js, png]
+        out = [md, js, png]
+        if any(r.score_summary() for r in self.results):
+            from candgen.eval.plots import plot_scores
+
+            plot_scores(self, d / "score_distributions.png")
+            out.append(d / "score_distributions.png")
+        return out
 
     def plot(self, path: Any) -> None:
         """Recall@k against k, one line per recommender, one panel per cohort (error bars: standard error)."""
-        import matplotlib
+        from candgen.eval.plots import plot_recall
 
-        matplotlib.use("Agg")  # files only: never needs a display
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(COHORTS), figsize=(12, 4.6), sharey=True, squeeze=False)
-        cmap = plt.get_cmap("tab20")
-        try:
-            for ax, cohort in zip(axes[0], COHORTS, strict=True):
-                n = self.cohort_users.get(cohort, 0)
-                for i, r in enumerate(self.results):
-                    ys = [r.metrics[cohort].get(f"recall@{k}", float("nan")) for k in self.ks]
-                    err = [r.stderr.get(cohort, {}).get(f"recall@{k}", float("nan")) for k in self.ks]
-                    if n and not all(np.isnan(ys)):
-                        # the blend bold black, its ablations dotted, the baselines dashed, sources solid
-                        blend = r.name == "candgen"
-                        style = "-" if blend else ":" if r.name.startswith("candgen - ") else (
-                            "--" if r.name in BASELINES else "-")
-                        ax.errorbar(self.ks, ys, yerr=np.nan_to_num(err), marker="o", markersize=4, capsize=3,
-                                    linestyle=style, linewidth=2.8 if blend else 1.2, zorder=3 if blend else 2,
-                                    color="black" if blend else cmap(i % 20), label=r.name)
-                ax.set_title(f"{cohort} users ({n:,})")
-                ax.set_xlabel("k")
-                if len(self.ks) > 1 and min(self.ks) > 0 and max(self.ks) / min(self.ks) >= 10:
-                    ax.set_xscale("log")
-                ax.grid(alpha=0.3)
-            handles, labels = axes[0][0].get_legend_handles_labels()
-            for ax in axes[0][1:]:  # a recommender with no line in the first panel still gets a legend entry
-                for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-                    if lab not in labels:
-                        handles.append(h)
-                        labels.append(lab)
-            if handles:
-                fig.legend(handles, labels, loc="center right", fontsize=8)
-            axes[0][0].set_ylabel("recall@k")
-            fig.tight_layout(rect=(0, 0, 0.82, 1))
-            fig.savefig(path, dpi=110)
-        finally:
-            plt.close(fig)
+        plot_recall(self, path)
 
 
 def ground_truth(split: Split, events: EventsConfig) -> Csr:
@@ -253,9 +246,14 @@ def evaluate(
             fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         ids = np.full((len(users), k_max), -1, dtype=np.int64)
+        score_parts: list[np.ndarray] = []
         for start in range(0, len(users), batch_users):
             chunk = users[start : start + batch_users]
-            got = np.asarray(rec.recommend(chunk, k_max).ids)
+            batch = rec.recommend(chunk, k_max)
+            got = np.asarray(batch.ids)
+            if getattr(rec, "reports_scores", False):
+                sc = np.asarray(batch.scores, np.float32)
+                score_parts.append(sc[(got >= 0) & np.isfinite(sc)])
             if got.ndim != 2 or got.shape[0] != len(chunk):
                 raise ValueError(f"recommender '{rec.name}' answered {got.shape} ids for {len(chunk)} users; "
                                  f"expected ({len(chunk)}, {k_max})")
@@ -279,7 +277,12 @@ def evaluate(
         notes = []
         if isinstance(rec, EASERecommender) and rec.modelled_items < int((engaged_users > 0).sum()):
             notes.append(f"EASE modelled only the {rec.modelled_items:,} most popular items (max_items)")
-        results.append(RecommenderResult(rec.name, by_cohort, beyond, fit_s, rec_s, notes, stderr))
+        scores = None
+        if score_parts:
+            scores = np.concatenate(score_parts)
+            if len(scores) > MAX_SCORE_SAMPLE:  # a fixed-seed sample keeps the report small and reproducible
+                scores = np.random.default_rng(0).choice(scores, MAX_SCORE_SAMPLE, replace=False)
+        results.append(RecommenderResult(rec.name, by_cohort, beyond, fit_s, rec_s, notes, stderr, scores))
         progress.advance("evaluate", 1, recommender=rec.name)
     progress.done("evaluate")
     return EvalReport(

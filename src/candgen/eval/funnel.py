@@ -72,6 +72,8 @@ class BlendRecommender:
 class SourceRecommender:
     """One source alone, with the same filters (seen, hidden, deleted) the blend applies."""
 
+    reports_scores = True  # `evaluate` samples its raw scores for the report's score distributions
+
     def __init__(self, engine: Engine, source: str, *, now: float) -> None:
         self.engine, self.source, self.now, self.name = engine, source, now, source
 
@@ -89,10 +91,11 @@ class SourceRecommender:
 
 
 def funnel_recommenders(engine: Engine, *, now: float, ablations: bool = True) -> list[object]:
-    """The blend, every source of the warm and cold mixes alone, and (with `ablations`) the blend without
-    each warm-mix source."""
+    """The blend, every source alone (the new-item source only fills exploration slots: not ranked alone),
+    and (with `ablations`) the blend without each warm-mix source."""
     cfg = engine.config.sources
-    names = [s for s in dict.fromkeys([*cfg.mix, *cfg.cold_user_mix]) if s in engine.sources]
+    names = [s for s in dict.fromkeys([*cfg.mix, *cfg.cold_user_mix, *engine.sources])
+             if s in engine.sources and s != "new_items"]
     recs: list[object] = [BlendRecommender(engine, now=now)]
     recs += [SourceRecommender(engine, s, now=now) for s in names]
     if ablations:
