@@ -41,6 +41,9 @@ def restrict_until(ds: Dataset, until: int | None) -> Dataset:
     return ds.with_interactions(ds.interactions.take(keep))
 
 
+CALIBRATION_EXACT_ITEMS = 1_000_000
+
+
 def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: Progress = NO_PROGRESS,
                     force: bool = False) -> TrainSummary:
     """Train everything on `ds` and write the artifacts directory `out` (replaced atomically)."""
@@ -87,12 +90,16 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
             if held_out:  # measure the sources with a model that did not learn the validation slice
                 cal_model = held_out[0]
                 cal_vectors = np.ascontiguousarray(cal_model.item_embeddings(ds, now=now), dtype=np.float32)
-                cal_index = FlatIndex(dim=cal_vectors.shape[1])
+                # exact search up to 1M items (a few hundred validation queries cost seconds); beyond, the
+                # same kind of index as the served one, so calibration stays a fraction of training
+                cal_index = (FlatIndex(dim=cal_vectors.shape[1]) if ds.n_items <= CALIBRATION_EXACT_ITEMS
+                             else choose_index(ds.n_items, cal_vectors.shape[1], config.index))
                 cal_index.add(cal_vectors, np.arange(ds.n_items, dtype=np.int64))
             cal = calibrate(ds, config=config, model=cal_model, index=cal_index, vectors=cal_vectors,
                             progress=progress)
             config = cal.config
             cal.report["model"] = "held-out (early-stopped, before the validation slice)" if held_out else "final"
+            cal.report["index"] = cal_index.kind
             extra["calibration"] = cal.report
             seconds["calibrate"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -406,3 +406,17 @@ def test_bad_rank_curves_in_the_config_fail_at_start_not_per_request(world):
     cfg.blend.rank_curves = {"warm": {"collaborative": [0.5, 0.2]}}
     with pytest.raises(ConfigError, match="blend.rank_curves.warm.collaborative"):
         Engine.load(root / "art", config=cfg, deadlines=False)
+
+
+def test_calibration_searches_an_approximate_index_above_the_exact_limit(world, tmp_path, monkeypatch):
+    from candgen import pipeline
+
+    _, ds = world
+    monkeypatch.setattr(pipeline, "CALIBRATION_EXACT_ITEMS", 10)
+    cfg = tiny_config()
+    cfg.index.exact_below = 10  # the served index is approximate too
+    cfg.index.tune_at_train = False
+    train_artifacts(ds, tmp_path / "art", config=cfg)
+    cal = Manifest.read(tmp_path / "art").extra["calibration"]
+    assert cal["model"].startswith("held-out") and cal["index"] != "flat"
+    assert Manifest.read(world[0] / "art").extra["calibration"]["index"] == "flat"  # the default below 1M items
