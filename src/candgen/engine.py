@@ -8,10 +8,11 @@ Per request: catch up with the shared write log (one cheap read: writes made thr
 visible to the next request on every worker); look in the caches (L1 lists, L3 precomputed lists,
 both re-filtered against the user's current exclusions); otherwise resolve the `UserContext` once,
 pick the sources and the mix (the A/B variant's mix, or the cold-start mix for new users), run every
-source on a thread pool with its own deadline inside the request deadline — a late or failing source
-is dropped and named in `degraded` — and blend (filters, normalisation, quota or weighted merge with
-provenance, diversity, exploration slots for new items, popular fallback). numpy and FAISS release
-the GIL, so the sources really overlap.
+source with its own deadline inside the request deadline — a late or failing source is dropped and named
+in `degraded` — and blend (filters, normalisation, quota or weighted merge with provenance, diversity,
+exploration slots for new items, popular fallback). The ANN searches (collaborative, content), which
+release the GIL, go to a thread pool; the cheap GIL-bound sources (trending, social, cold start, new items)
+run on the request thread meanwhile, where a hand-off would cost as much as their work.
 
 Writes (`ingest_events`, `add_items`, `delete_item`, `put_user`) are validated, appended to the
 state store's log (durable before they return), applied to this worker's structures and invalidate
@@ -362,9 +363,15 @@ class Engine:
     def _wait(f: Future[tuple[Candidates, float]], started: dict[str, float], name: str, deadline: float,
               request_end: float) -> tuple[Candidates, float]:
         """A source's result, waiting at most `deadline` from when its task began (time queued behind other
-        requests' tasks does not count against it) and never past the request's own deadline."""
+        requests' tasks does not count against it) and never past the request's own deadline. A task that
+        finished while this thread ran the inline sources is judged by its own run time."""
         while True:
             t0 = started.get(name)
+            if t0 is not None and f.done():
+                cands, took = f.result()
+                if took > deadline or t0 + took > request_end:
+                    raise FutureTimeout
+                return cands, took
             end = request_end if t0 is None else min(t0 + deadline, request_end)
             remaining = end - time.perf_counter()
             if remaining <= 0:
@@ -398,32 +405,59 @@ class Engine:
     def run_sources(
         self, rt: Runtime, fetch: dict[str, int], ctx: UserContext, t_start: float,
     ) -> tuple[list[Candidates], list[str], dict[str, float]]:
-        """Every source of `fetch` (name → how many) in parallel; those that fail or miss their deadline are
-        named in `degraded`."""
+        """Every source of `fetch` (name → how many); those that fail or miss their deadline are named in
+        `degraded`, and the lists come back in `fetch` order.
+
+        The sources that release the GIL (ANN searches) are handed to the pool first; the cheap GIL-bound ones
+        (`CandidateSource.inline`) then run on this thread meanwhile: a hand-off would cost about as much as
+        their work, and on the pool they would queue behind other requests' tasks. An inline source cannot be
+        abandoned half-way, so its deadline is checked when it returns (a late result is dropped all the same),
+        and one whose turn comes after the request's deadline is not started."""
         deadlines = rt.config.sources.deadline_ms
         request_end = t_start + rt.config.serve.request_deadline_ms / 1000.0
-        started: dict[str, float] = {}  # when each source's task began (it may wait in the pool's queue)
+        started: dict[str, float] = {}  # when each pooled source's task began (it may wait in the pool's queue)
         futures: dict[str, Future[tuple[Candidates, float]]] = {
-            n: self._pool.submit(self._retrieve, rt.sources[n], ctx, m, started) for n, m in fetch.items()
+            n: self._pool.submit(self._retrieve, rt.sources[n], ctx, m, started)
+            for n, m in fetch.items() if not rt.sources[n].inline
         }
-        lists: list[Candidates] = []
-        degraded: list[str] = []
-        timings: dict[str, float] = {}
+        got: dict[str, tuple[Candidates, float]] = {}
+        failed: set[str] = set()
+        for n, m in fetch.items():
+            if n not in futures:
+                self._run_inline(n, rt.sources[n], ctx, m, deadlines.get(n, 50.0) / 1000.0, request_end, got, failed)
         for n, f in futures.items():
             try:
-                cands, took = f.result() if not self.deadlines else self._wait(
+                got[n] = f.result() if not self.deadlines else self._wait(
                     f, started, rt.sources[n].name, deadlines.get(n, 50.0) / 1000.0, request_end)
             except FutureTimeout:
                 f.cancel()
-                degraded.append(n)
-                continue
+                failed.add(n)
             except Exception:  # a failing source never fails the request
                 log.exception("source %s failed for user %s", n, ctx.user_id)
-                degraded.append(n)
-                continue
-            lists.append(cands)
-            timings[n] = took
-        return lists, degraded, timings
+                failed.add(n)
+        lists = [got[n][0] for n in fetch if n in got]
+        timings = {n: got[n][1] for n in fetch if n in got}
+        return lists, [n for n in fetch if n in failed], timings
+
+    def _run_inline(self, name: str, source: CandidateSource, ctx: UserContext, k: int, deadline: float,
+                    request_end: float, got: dict[str, tuple[Candidates, float]], failed: set[str]) -> None:
+        """One inline source on this thread: its list into `got`, or `name` into `failed` when it raises, overran
+        its deadline or would start after the request's deadline (deadlines off: only when it raises)."""
+        t = time.perf_counter()
+        if self.deadlines and t >= request_end:
+            failed.add(name)
+            return
+        try:
+            cands = source.retrieve(ctx, k)
+        except Exception:  # a failing source never fails the request
+            log.exception("source %s failed for user %s", name, ctx.user_id)
+            failed.add(name)
+            return
+        took = time.perf_counter() - t
+        if self.deadlines and (took > deadline or t + took > request_end):
+            failed.add(name)
+            return
+        got[name] = (cands, took)
 
     def candidates(self, req: Request) -> CandidatesResult:
         """Personalised candidates for one request; unknown users take the cold-start path."""
@@ -500,8 +534,8 @@ class Engine:
         return res
 
     def _result(self, rt: Runtime, blended: Blended, *, explain: bool, variant: str) -> CandidatesResult:
-        ids = rt.state.catalog.items.ids(blended.ids)
-        sources = [list(s) for s in blended.source_lists()]
+        ids = rt.state.catalog.item_ids(blended.ids)
+        sources = provenance_lists(blended)
         expl: dict[str, dict[str, float]] | None = None
         if explain:
             expl = {}
@@ -522,8 +556,22 @@ class Engine:
         cands = rt.sources["content"].similar_items(item, k)  # type: ignore[attr-defined]
         keep = catalog.live(cands.ids) & (cands.ids != item)
         ids, scores = cands.ids[keep], cands.scores[keep]
-        return CandidatesResult(item_ids=catalog.items.ids(ids), scores=scores, sources=[["content"]] * len(ids),
+        return CandidatesResult(item_ids=catalog.item_ids(ids), scores=scores, sources=[["content"]] * len(ids),
                                 model_version=rt.model_version)
+
+
+def provenance_lists(blended: Blended) -> list[list[str]]:
+    """The names of the sources that found each candidate: one list per distinct source mask, shared by every
+    candidate with that mask (read-only), spread by one take() rather than a list built per candidate."""
+    if not len(blended):
+        return []
+    masks, inverse = np.unique(blended.source_mask, return_inverse=True)
+    names = blended.source_names
+    decoded = np.empty(len(masks), object)
+    for i, m in enumerate(masks.tolist()):
+        decoded[i] = [name for j, name in enumerate(names) if m >> j & 1]
+    out: list[list[str]] = decoded.take(inverse.reshape(-1)).tolist()
+    return out
 
 
 def open_engine(art: str, state_url: str | None = None) -> Engine:

@@ -12,10 +12,16 @@ sorted descending, at most k distinct ids, and `source` set to the source's name
     >>> Everything().retrieve(UserContext.anonymous(now=0.0), k=2).ids.tolist()
     [0, 1]
 
-Thread-safety: `retrieve` runs concurrently from the engine's thread pool while events update the
-structures a source reads. Every source in this package reads its structures through their own locked
-accessors (or immutable snapshots), never holds a lock across a whole request, and keeps no per-request
-state on `self`; its random numbers come from a per-thread generator.
+Where it runs: a source whose `retrieve` is cheap numpy work that holds the GIL sets `inline = True`, and the
+engine calls it on the request's own thread (a hand-off to a pool would cost about as much as the work, and
+a queue behind other requests' tasks would expose it to their latency); the others (ANN searches, which
+release the GIL, or anything that may wait) run on the engine's thread pool, concurrently with the inline
+ones. Both kinds keep their deadlines: a late or failing source is dropped from the answer.
+
+Thread-safety: `retrieve` runs concurrently (from several requests' threads and the engine's pool) while
+events update the structures a source reads. Every source in this package reads its structures through
+their own locked accessors (or immutable snapshots), never holds a lock across a whole request, and keeps
+no per-request state on `self`; its random numbers come from a per-thread generator.
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ class CandidateSource(abc.ABC):
     """Base of every retrieval source: `retrieve(ctx, k) -> Candidates` named after `name`."""
 
     name: ClassVar[str] = ""
+    # True: cheap (under ~1.5 ms), GIL-bound work the engine runs on the request thread; False (the safe
+    # default for a source of unknown cost): on the engine's pool, where a deadline can abandon it
+    inline: ClassVar[bool] = False
 
     @abc.abstractmethod
     def retrieve(self, ctx: UserContext, k: int) -> Candidates:

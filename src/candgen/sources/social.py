@@ -163,6 +163,7 @@ class SocialSource(CandidateSource):
     lists any (ties from the graph, 1 when unknown), else from the graph; the strongest `max_friends` count."""
 
     name = "social"
+    inline = True  # a few hundred µs of numpy that holds the GIL: run on the request thread
 
     def __init__(self, graph: SocialGraph, activity: RecentActivity, *, catalog: Catalog | None = None,
                  window_hours: float = 72.0, recency_half_life_hours: float | None = None,

@@ -275,6 +275,7 @@ class TrendingSource(CandidateSource):
     weighted; deleted and excluded items are dropped (over-fetching to make up for them)."""
 
     name = "trending"
+    inline = True  # a few hundred µs of numpy that holds the GIL: run on the request thread
 
     def __init__(
         self,
