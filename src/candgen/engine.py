@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from candgen.admission import AdmissionGate
 from candgen.blend.experiments import choose_mix, experiment_from_config
 from candgen.blend.filters import valid_mask
 from candgen.blend.fusion import curve_shares
@@ -90,6 +91,8 @@ class Engine:
         self.state_errors = 0
         self.follower: Any = None
         self.caches = ListCaches(store, runtime.config.cache)
+        serve = runtime.config.serve  # offline work (no deadlines) is never queued nor refused
+        self.gate = AdmissionGate(serve.compute_slots if deadlines else 0, serve.request_deadline_ms / 1000.0)
         self.quality = QualityMonitor(runtime.config.serve.ann_recall_sample_every if store is not None else 0)
         self.l2: Any = None
         self._configure(runtime)
@@ -185,7 +188,7 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         rt = self.rt
         out = {"index_size": len(rt.index), "items": rt.state.catalog.n_items, "users": len(rt.dataset.users),
-               "state_errors": self.state_errors, **self.caches.stats()}
+               "state_errors": self.state_errors, **self.caches.stats(), **self.gate.stats()}
         if self.l2 is not None:
             out |= {"cache_L2_hits": self.l2.hits, "cache_L2_misses": self.l2.misses}
         if self.caches.refresher is not None:
@@ -481,7 +484,8 @@ class Engine:
                     res.timings = {"context": t_ctx - t0, "cache": time.perf_counter() - t_ctx}
                     return res
         l2_hits = self.l2.hits if self.l2 is not None else 0
-        res, blended = self._compute(req, rt, now, t0, ctx=ctx, plan=plan)
+        with self.gate.admit():  # EngineOverloadedError (503) when the queue is deeper than the deadline allows
+            res, blended = self._compute(req, rt, now, t0, ctx=ctx, plan=plan)
         if not req.explain and not res.degraded:
             self.caches.store(rt, req.user_id, req.k, res.variant, blended)
         if self.l2 is not None and self.l2.hits > l2_hits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -128,6 +129,44 @@ def test_failing_and_late_sources_degrade_instead_of_failing(world):
         assert {"content", "trending"} <= set(res.degraded)
         assert len(res.item_ids) == 50  # the others and the popular fallback fill the list
         assert took < 0.45  # the late source was not waited for (its deadline is 30 ms)
+    finally:
+        e.close()
+
+
+def test_an_engine_with_a_deep_queue_refuses_rather_than_answering_late(world):
+    from candgen.serve.protocol import EngineOverloadedError
+
+    cfg = Config.from_dict(Manifest.read(world[0] / "art").config)
+    cfg.serve.compute_slots = 1
+    e = Engine.load(world[0] / "art", config=cfg)
+    try:
+        uid = warm_user(world[1])
+        e.candidates(Request(user_id=uid, k=20, now=e.now_default))
+        assert e.stats()["admission_admitted"] == 1
+        release = threading.Event()
+
+        class Held(CandidateSource):  # inline, so it keeps the one computation slot busy until released
+            name = "trending"
+            inline = True
+
+            def retrieve(self, ctx, k):
+                release.wait(timeout=5.0)
+                return Candidates.empty(self.name)
+
+        e.sources["trending"] = Held()
+        e.gate.service_s = 0.08  # as if computations took 80 ms: one ahead + its own > the 100 ms deadline
+        holder = threading.Thread(target=e.candidates, args=(Request(user_id=uid, k=20, now=e.now_default),))
+        holder.start()
+        while e.stats()["admission_busy"] < 1:
+            time.sleep(0.001)
+        with pytest.raises(EngineOverloadedError, match="overloaded"):
+            e.candidates(Request(user_id="someone-else", k=20, now=e.now_default))
+        release.set()
+        holder.join(timeout=5.0)
+        assert e.stats()["admission_shed"] == 1
+        offline = Engine.load(world[0] / "art", config=cfg, deadlines=False)
+        assert offline.gate.slots == 0  # offline work (no deadlines) is never queued nor refused
+        offline.close()
     finally:
         e.close()
 

@@ -20,6 +20,7 @@ import pytest
 from candgen.bench.freshness import FreshnessProbe, freshness_row, summarize_lags, unengaged_items_from_artifacts
 from candgen.bench.http import Connection, Endpoint, HttpError, parse_url
 from candgen.bench.loadgen import (
+    SHED_PAUSE_S,
     RequestMix,
     Sample,
     Workload,
@@ -145,7 +146,7 @@ def test_summarize_percentiles_errors_and_fractions() -> None:
     assert r.cache_levels == {"miss": 74, "L2": 1, "L1": 25} and r.degraded_sources == {"social": 1}
     assert r.degraded_fraction == pytest.approx(0.01)
     assert r.client_cpu_ms_per_req == pytest.approx(1.0) and r.server_cpu_ms_per_req == pytest.approx(2.0)
-    assert r.statuses == {"200": 100, "503": 1, "0": 1}
+    assert r.statuses == {"200": 100, "503": 1, "0": 1} and r.shed == 1 and r.answered_qps == 50.0
     assert "| c | 51 |" in table_row("c", r)
     empty = summarize([], duration_s=1.0, concurrency=1, client_cpu_s=0.0)
     assert empty.requests == 0 and math.isnan(empty.p99_ms) and math.isnan(empty.cache_hit_fraction)
@@ -170,6 +171,19 @@ def test_run_load_counts_answers_hits_and_errors() -> None:
             assert r.first_error.startswith("HTTP 500")
             assert 0 < r.cache_hit_fraction < 1 and r.mean_candidates == 3
             assert r.server_cpu_ms_per_req is None and r.mix["warm"] == 10
+
+    asyncio.run(go())
+
+
+def test_a_shedding_server_is_not_met_with_a_tight_retry_loop() -> None:
+    async def go() -> None:
+        async with fake_server(lambda b: (503, b'{"error": {"code": "overloaded"}}', False)) as ep:
+            w = Workload(warm_users=[], cold_fraction=1.0)
+            r = await run_load(ep, w, concurrency=2, duration_s=0.2, warmup_s=0)
+            assert r.shed == r.requests == r.errors > 0 and r.answered_qps == 0
+            # each client pauses SHED_PAUSE_S after a refusal: at most 0.2 s / 10 ms (+1) requests each
+            assert r.requests <= 2 * (0.2 / SHED_PAUSE_S + 1)
+            assert r.first_error.startswith("HTTP 503")
 
     asyncio.run(go())
 

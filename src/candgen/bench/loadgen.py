@@ -24,6 +24,11 @@ import numpy as np
 from candgen.bench.http import Connection, Endpoint, HttpError
 from candgen.errors import CandgenError
 
+# a client refused with 503 (the server shedding load) pauses this long before its next request, as after a
+# transport error: not Retry-After's whole second, so that the offered load stays close to `concurrency`,
+# but enough that a shedding server is not met with a tight retry loop
+SHED_PAUSE_S = 0.01
+
 CONTEXTS: tuple[dict[str, str], ...] = (
     {}, {"device": "mobile", "country": "DE", "language": "de"}, {"device": "desktop", "country": "US"},
     {"device": "tv", "language": "en"}, {"device": "mobile", "country": "BR", "language": "pt"},
@@ -136,7 +141,9 @@ class LoadResult:
     max_ms: float
     took_p50_ms: float
     took_p99_ms: float
-    errors: int
+    errors: int  # every answer that was not 2xx, among them `shed`
+    shed: int  # 503 answers (the server refusing load)
+    answered_qps: float  # 2xx answers per second
     cache_hit_fraction: float  # answers served from a stored list (L1 or L3)
     degraded_fraction: float
     mean_candidates: float
@@ -182,6 +189,8 @@ def summarize(samples: Sequence[Sample], *, duration_s: float, concurrency: int,
         p50_ms=pct(lat, 50), p95_ms=pct(lat, 95), p99_ms=pct(lat, 99),
         max_ms=float(lat.max()) if len(lat) else float("nan"),
         took_p50_ms=pct(took, 50), took_p99_ms=pct(took, 99), errors=n - len(ok),
+        shed=sum(s.status == 503 for s in samples),
+        answered_qps=len(ok) / duration_s if duration_s > 0 else float("nan"),
         cache_hit_fraction=hits / answered if answered else float("nan"),
         degraded_fraction=sum(bool(s.degraded) for s in ok) / len(ok) if ok else float("nan"),
         mean_candidates=float(np.mean([s.n_candidates for s in ok])) if ok else 0.0,
@@ -248,6 +257,8 @@ async def run_load(endpoint: Endpoint, workload: Workload, *, concurrency: int =
                     status, data = 0, b""
                     await asyncio.sleep(0.01)  # a dead server must not spin the client
                 dt = (time.perf_counter() - t0) * 1000.0
+                if status == 503:
+                    await asyncio.sleep(SHED_PAUSE_S)
                 if not measured:
                     continue
                 s = Sample(dt, status)

@@ -91,7 +91,8 @@ def load(
     out.print(table_row(name, result), highlight=False, soft_wrap=True)
     out.print(f"requests {result.requests} in {result.duration_s:.1f} s; mix {result.mix}; cache levels "
               f"{result.cache_levels}; degraded sources {result.degraded_sources}; "
-              f"mean candidates {result.mean_candidates:.0f}"
+              f"mean candidates {result.mean_candidates:.0f}; shed (503) {result.shed}, "
+              f"answered {result.answered_qps:.0f}/s"
               + (f"; first error: {result.first_error}" if result.first_error else ""), highlight=False, soft_wrap=True)
 
 
