@@ -123,11 +123,7 @@ def test_large_pools_are_cut_to_the_optimistic_items_before_drawing():
     assert max(seen) > 1000
 
 
-def test_requests_share_one_cut_of_a_large_pool_until_the_pool_changes():
-    import numpy as np
-
-    from candgen.sources.newitems import NewItemBandit
-
+def test_requests_share_one_cut_that_writes_patch_instead_of_resetting():
     b = NewItemBandit(budget=100, max_age_hours=48)
     for i in range(5000):
         b.add_item(i, created_at=0.0)
@@ -138,5 +134,58 @@ def test_requests_share_one_cut_of_a_large_pool_until_the_pool_changes():
     b.sample(10, now=60.5, rng=rng)
     assert b._cut is cut  # the second request reused the cut
     b.add_item(99999, created_at=60.0)
-    assert b._cut is None  # a new item resets it at once
-    assert 99999 in set(b.sample(2048, now=61.0, rng=rng).ids.tolist()) or len(b) == 5001
+    assert b._cut is not None and b._cut[3][-1] == 99999  # a new item joins the shared cut at once
+    every = {"k": 3000, "max_draws": 2048}  # the whole shared cut, drawn
+    assert 99999 in set(b.sample(now=61.0, rng=rng, **every).ids.tolist())
+    spent = int(b._cut[3][0])
+    b.record_impression(spent, 100)  # its budget is used up: out of the pool and of the shared cut
+    assert spent not in b and spent not in set(b.sample(now=61.0, rng=rng, **every).ids.tolist())
+    b.remove(99999)
+    assert 99999 not in set(b._cut[3].tolist())
+
+
+def test_the_maintained_bounds_match_the_posteriors_after_writes_and_removals():
+    from candgen.sources.newitems import TIE_BREAK, optimistic, posterior_ab
+
+    b = NewItemBandit(budget=50, max_age_hours=48)
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        b.add_item(i, created_at=0.0)
+    for _ in range(2000):
+        item = int(rng.integers(0, 320))
+        if rng.random() < 0.7:
+            b.record_impression(item, int(rng.integers(1, 5)))
+        else:
+            b.record_engagement(item)
+        if rng.random() < 0.02:
+            b.remove(int(rng.integers(0, 300)))
+        if rng.random() < 0.02:
+            b.add_item(int(rng.integers(300, 320)), created_at=0.0)
+    n = len(b)
+    want = optimistic(*posterior_ab(b._succ[:n], b._imp[:n]))
+    assert np.all(np.abs(b._opt[:n] - want) <= TIE_BREAK) and np.all(b._imp[:n] < 50)
+
+
+def test_a_new_cut_takes_the_most_optimistic_eligible_items():
+    b = NewItemBandit(budget=1000, max_age_hours=1.0)
+    for i in range(100):
+        b.add_item(i, created_at=0.0 if i < 90 else -7200.0)  # the last ten are too old
+        b.record_impression(i, 50)
+    for i in range(80, 100):
+        b.record_engagement(i, 40)  # 80..89 work; 90..99 would too but are too old
+    items, a, _ = b._candidates(now=60.0, cap=10)
+    assert sorted(items.tolist()) == list(range(80, 90)) and np.all(a == 41.0)
+
+
+def test_exclusions_are_dropped_from_the_best_draws():
+    b = NewItemBandit(budget=10_000, max_age_hours=48.0)
+    for i in range(50):
+        b.add_item(i, created_at=0.0)
+        b.record_impression(i, 200)
+    for i in range(5):
+        b.record_engagement(i, 150)  # 0..4 win every draw
+    rng = np.random.default_rng(0)
+    got = b.sample(3, now=0.0, rng=rng, exclude=np.array([0, 1, 2, 77]))
+    assert {3, 4} <= set(got.ids.tolist()) and got.ids[0] in (3, 4)
+    assert len(got) == 3 and not {0, 1, 2} & set(got.ids.tolist())
+    assert np.all(np.diff(got.scores) <= 0)
