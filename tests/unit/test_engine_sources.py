@@ -1,5 +1,5 @@
 """Engine.run_sources: GIL-bound sources inline on the request thread, the others on the pool, deadlines for both;
-and the result build (item-id strings, provenance lists)."""
+the result build (item-id strings, provenance lists) and the catalog's vectorised lookups."""
 
 from __future__ import annotations
 
@@ -153,3 +153,22 @@ def test_provenance_lists_decode_each_mask():
     assert provenance_lists(b) == [["collaborative"], ["collaborative", "trending"], ["collaborative"],
                                    ["content", "trending"]]
     assert provenance_lists(Blended.empty(names)) == []
+
+
+def test_tags_of_items_matches_tags_of_with_and_without_items_added_later():
+    st = build_state(_dataset(), config=Config())
+    cat = st.catalog
+
+    def one_by_one(items):
+        rows = [cat.tags_of(int(i)) for i in items]
+        return np.concatenate(rows).tolist(), [len(r) for r in rows]
+
+    items = np.array([4, 0, 0, 2, 3])
+    keys, counts = cat.tags_of_items(items)
+    assert (keys.tolist(), counts.tolist()) == one_by_one(items) and keys.dtype == np.int64
+    new = st.add_item("f", tags=["x", "w"], created_at=0.0)
+    st.add_item("b", tags=["z"], created_at=0.0)  # an update of a base item's tags
+    items = np.array([new, 1, 0, new])
+    keys, counts = cat.tags_of_items(items)
+    assert (keys.tolist(), counts.tolist()) == one_by_one(items)
+    assert cat.tags_of_items(np.zeros(0, np.int64))[0].tolist() == []

@@ -144,6 +144,26 @@ class Catalog:
             return self._base_tags.row(item)
         return np.zeros(0, np.int32)
 
+    def tags_of_items(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tag ids of every item of `items`, concatenated, int64; how many belong to each item): `tags_of` for
+        many items, gathered from the base CSR in a few numpy calls (items added while serving one by one)."""
+        items = np.asarray(items, np.int64)
+        base = self._base_tags
+        extra = self._extra_tags
+        in_base = items < len(base)
+        if extra:
+            in_base &= np.fromiter((int(i) not in extra for i in items.tolist()), bool, len(items))
+        if not in_base.all():
+            rows = [self.tags_of(int(i)) for i in items.tolist()]
+            counts = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+            return (np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)), counts
+        starts, ends = base.ptr[items], base.ptr[items + 1]
+        counts = ends - starts
+        total = int(counts.sum())
+        # positions starts[j] .. ends[j]-1 of every item, as one arange shifted per item
+        offsets = np.repeat(starts - np.cumsum(counts) + counts, counts)
+        return base.idx[offsets + np.arange(total)].astype(np.int64), counts
+
     def tags_csr(self) -> Csr:
         """Tags of every item as one CSR (the base arrays themselves when nothing was added)."""
         with self._lock:

@@ -125,6 +125,14 @@ class TagIndex:
         return TagIndex.from_arrays(*load_parts(directory, "tag_index"))
 
 
+_DISCOUNT = 1.0 / np.log2(np.arange(4096) + 2.0)  # 1 / log2(rank + 2): the DCG discount of a posting's rank
+
+
+def rank_discount(n: int) -> np.ndarray:
+    """1 / log2(rank + 2) for ranks 0..n-1 (a slice of a shared table up to 4096; computed beyond)."""
+    return _DISCOUNT[:n] if n <= len(_DISCOUNT) else 1.0 / np.log2(np.arange(n) + 2.0)
+
+
 def _top_keys(keys: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The n heaviest distinct keys (>= 0) with weights normalised to sum 1."""
     ok = keys >= 0
@@ -176,9 +184,8 @@ class ContentSource(CandidateSource):
     def _feature_scores(
         self, ctx: UserContext, items: np.ndarray, w: np.ndarray, m: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        tag_rows = [self.catalog.tags_of(int(i)) for i in items]
-        tag_keys = np.concatenate(tag_rows).astype(np.int64) if tag_rows else np.zeros(0, np.int64)
-        tag_w = np.repeat(w, [len(t) for t in tag_rows]) if tag_rows else np.zeros(0)
+        tag_keys, per_item = self.catalog.tags_of_items(items)
+        tag_w = np.repeat(w, per_item)
         interests = self.catalog.tag_ids(ctx.interests) if ctx.interests else np.zeros(0, np.int64)
         if len(interests):
             per = self.interest_weight * (float(w.sum()) if len(w) else 1.0) / len(interests)
@@ -195,7 +202,7 @@ class ContentSource(CandidateSource):
             for f, fwt in zip(feats.tolist(), fw.tolist(), strict=True):
                 got = self.tags.items(kind, f, m)
                 ids.append(got)
-                scores.append(self.kind_weights.get(kind, 0.0) * fwt / np.log2(np.arange(len(got)) + 2.0))
+                scores.append(self.kind_weights.get(kind, 0.0) * fwt * rank_discount(len(got)))
         if not ids:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         return sum_by_id(np.concatenate(ids), np.concatenate(scores))
