@@ -144,6 +144,7 @@ class ServeConfig:
     max_batch: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     ann_recall_sample_every: int = 100
+    ann_recall_max_share: float = 0.02  # the sampled exact searches use at most this share of one core
     engine_in_threadpool: bool = True  # call the engine in a worker thread, never blocking the event loop
     max_in_flight: int = 256  # engine calls at once per worker before shedding with 503
     # uncached list computations at once per worker (candgen.admission); later requests queue, and one whose

@@ -93,7 +93,8 @@ class Engine:
         self.caches = ListCaches(store, runtime.config.cache)
         serve = runtime.config.serve  # offline work (no deadlines) is never queued nor refused
         self.gate = AdmissionGate(serve.compute_slots if deadlines else 0, serve.request_deadline_ms / 1000.0)
-        self.quality = QualityMonitor(runtime.config.serve.ann_recall_sample_every if store is not None else 0)
+        self.quality = QualityMonitor(serve.ann_recall_sample_every if store is not None else 0,
+                                      max_share=serve.ann_recall_max_share)
         self.l2: Any = None
         self._configure(runtime)
         if store is not None:

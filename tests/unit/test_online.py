@@ -1,6 +1,7 @@
 """L2 user-embedding cache and the online quality monitor's math."""
 
 import numpy as np
+import pytest
 
 from candgen.online import CachedUserEncoder, exact_top_k, intra_list_diversity
 from candgen.state.memory import LocalCache
@@ -57,3 +58,44 @@ def test_exact_top_k_honours_exclusions_deletions_and_added_items():
                       extra_ids=np.array([5]), extra_vectors=np.array([[10, 0, 0, 0, 0]], np.float32))
     assert set(got.tolist()) == {5, 2}
     assert len(exact_top_k(vectors, q, 10, exclude=np.arange(5), live=np.ones(5, bool))) == 0
+
+
+def test_the_quality_monitor_keeps_its_exact_searches_within_its_share_of_a_core():
+    import time
+    from types import SimpleNamespace
+
+    from candgen.online import QualityMonitor
+    from candgen.sources.base import UserContext
+
+    now = [100.0]
+    vectors = np.eye(8, dtype=np.float32)
+
+    def search(q, k, exclude):
+        now[0] += 0.5  # this search "takes" 0.5 s
+        return [SimpleNamespace(ids=np.arange(k))]
+
+    rt = SimpleNamespace(
+        index=SimpleNamespace(is_exact=False, search=search), item_vectors=vectors,
+        state=SimpleNamespace(catalog=SimpleNamespace(n_items=8, is_deleted=np.zeros(8, bool))),
+        vector_lookup=lambda ids: vectors[ids], sources={"collaborative": SimpleNamespace(
+            user_vector=lambda ctx: np.ones((1, 8), np.float32))})
+    ctx = UserContext.anonymous(now=0.0)
+    mon = QualityMonitor(1, max_share=0.1, clock=lambda: now[0])
+
+    def observe_and_settle() -> None:
+        mon.observe(rt, ctx, np.arange(4), 4)
+        end = time.monotonic() + 5.0
+        while mon._busy and time.monotonic() < end:
+            time.sleep(0.001)
+
+    observe_and_settle()
+    assert mon.ann_samples == 1 and mon.take()["ann_recall"] == 1.0
+    now[0] += 4.0  # 0.5 s of search at a 10% share: quiet until 5 s after it started
+    observe_and_settle()
+    assert mon.ann_samples == 1 and "diversity" in mon.take()  # diversity is cheap: always measured
+    now[0] += 1.0
+    observe_and_settle()
+    assert mon.ann_samples == 2
+    mon.close()
+    with pytest.raises(ValueError, match="max_share"):
+        QualityMonitor(1, max_share=0.0)

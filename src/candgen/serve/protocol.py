@@ -36,7 +36,8 @@ class EngineOverloadedError(CandgenError):
 class CandidatesResult:
     """One answer of the request path, aligned by position: `item_ids[i]`, `scores[i]`, `sources[i]`.
 
-    `sources[i]` lists every source that found item i (provenance kept through dedup). `explain`, when
+    `sources[i]` lists every source that found item i (provenance kept through dedup); candidates found by
+    the same sources may share one list object, so treat the lists as read-only. `explain`, when
     asked for, maps item id → {source: that source's score}. `degraded` names sources dropped for this
     request (failed or late). `cache` is "L1", "L2", "L3" or "miss". `timings` are seconds per stage of
     the request path (e.g. "user_embedding", "collaborative", "blend"), exported as latency histograms.
