@@ -96,6 +96,19 @@ def test_cached_top_stays_exact_under_random_increments():
             assert all(truth[i] == pytest.approx(x) for i, x in zip(ids.tolist(), vals.tolist(), strict=True))
 
 
+def test_an_untouched_top_is_a_prefix_of_the_sorted_cache_and_a_copy():
+    rng = np.random.default_rng(3)
+    vals = rng.random(5000)
+    sc = SparseScores(np.arange(5000), vals.copy(), cache=64)
+    ids, got = sc.top(10)
+    assert ids.tolist() == np.argsort(-vals)[:10].tolist() and np.all(np.diff(got) <= 0)
+    ids[:] = -1  # the caller owns what it got: the cached list is untouched
+    got[:] = 0.0
+    sc.scale(0.5)  # renormalisation keeps the order
+    ids2, got2 = sc.top(20)
+    assert ids2.tolist() == np.argsort(-vals)[:20].tolist() and np.allclose(got2, np.sort(vals)[::-1][:20] / 2)
+
+
 def test_top_larger_than_the_cache_grows_it():
     sc = SparseScores(np.arange(5000), np.arange(5000, dtype=np.float64), cache=16)
     ids, _ = sc.top(3000)

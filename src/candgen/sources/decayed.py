@@ -3,8 +3,9 @@
 The building block of `TrendingCounter` (global and per-segment trending) and `SegmentPopularity`.
 Scores only ever grow (forward decay adds w * 2^((t - t0) / half_life); nothing is subtracted), so the
 true top-k always lies in (the top-C list cached at the last rebuild) ∪ (items touched since): `top`
-costs O(C + touched), an update costs O(log n) (a binary search) or O(1) (a dict), and the O(n) rebuild
-runs only when the touched set grows large.
+costs O(k) when nothing was touched (the cached list is kept sorted) and O(C + touched) otherwise, an
+update costs O(log n) (a binary search) or O(1) (a dict), and the O(n) rebuild runs only when the touched
+set grows large.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class SparseScores:
         if len(ids) > self._cache:
             part = np.argpartition(-vals, self._cache - 1)[: self._cache]
             ids, vals = ids[part], vals[part]
-        self._top, self._top_vals = ids, vals.copy()
+        order = np.argsort(-vals, kind="stable")  # kept sorted: an untouched top list is then a prefix
+        self._top, self._top_vals = ids[order], vals[order]
         self._dirty = set()
 
     def _all(self) -> tuple[np.ndarray, np.ndarray]:
@@ -111,17 +113,20 @@ class SparseScores:
         if self._top is None or k > self._cache or len(self._dirty) > _MAX_DIRTY:
             self._rebuild(max(2 * k, self._cache) if k > self._cache else self._cache)
         assert self._top is not None  # set by _rebuild
-        cand, vals = self._top, self._top_vals
+        cand, vals = self._top, self._top_vals  # sorted by score, descending
         if self._dirty:  # touched items get fresh scores; every other cached score is still exact
             dirty = np.fromiter(self._dirty, np.int64, len(self._dirty))
             keep = ~isin(cand, dirty)
-            cand = np.concatenate([cand[keep], dirty])
-            vals = np.concatenate([vals[keep], self.scores_of(dirty)])
-        if len(cand) > k:
-            part = np.argpartition(-vals, k - 1)[:k]
-            cand, vals = cand[part], vals[part]
-        order = np.argsort(-vals, kind="stable")
-        cand, vals = cand[order], vals[order]
+            # the k best untouched items are the first k of the (still sorted) rest; merge the touched ones in
+            cand = np.concatenate([cand[keep][:k], dirty])
+            vals = np.concatenate([vals[keep][:k], self.scores_of(dirty)])
+            if len(cand) > k:
+                part = np.argpartition(-vals, k - 1)[:k]
+                cand, vals = cand[part], vals[part]
+            order = np.argsort(-vals, kind="stable")
+            cand, vals = cand[order], vals[order]
+        else:  # nothing touched since the rebuild: a prefix, no sort
+            cand, vals = cand[:k].copy(), vals[:k].copy()
         if len(vals) and vals[-1] <= 0:  # a dense array holds items nobody engaged with
             keep = vals > 0
             cand, vals = cand[keep], vals[keep]
