@@ -16,10 +16,17 @@ import pytest
 from candgen.config import CacheConfig
 from candgen.errors import CandgenError
 from candgen.state import Record, StateStore, open_state
+from candgen.state.base import LogGap
 from candgen.state.memory import forget
 
 SMALL = CacheConfig(l1_max_entries=3, l2_max_entries=3, l3_max_entries=3)
 Opener = Callable[[], StateStore]
+
+
+def beyond(seq: str) -> str:
+    """A well-formed seq far after `seq` (one the store has not assigned yet)."""
+    ms, dash, n = seq.partition("-")
+    return f"{int(ms) + 10**6}-0" if dash else str(int(seq) + 10**6)
 
 
 def events(n: int, tag: str = "") -> list[Record]:
@@ -146,7 +153,7 @@ class StateStoreContract:
         assert a.trim(seqs[1]) == 2
         records, cursor = b.read_since(None)
         assert [r.seq for r in records] == seqs[2:] and cursor == seqs[-1]
-        assert b.read_since(seqs[0])[0] == records  # a cursor from before the trim skips the trimmed
+        assert b.read_since(seqs[1])[0] == records  # a cursor at the trim point misses nothing
         assert a.trim(seqs[1]) == 0
         new = b.append(events(1))
         assert [r.seq for r in a.read_since(cursor)[0]] == new  # seqs keep growing after a trim
@@ -156,6 +163,83 @@ class StateStoreContract:
         assert [r.seq for r in a.read_since(new[0])[0]] == later  # still after the old cursors
         with pytest.raises(CandgenError, match="cursor"):
             a.trim("not-a-seq")
+
+    def test_a_cursor_from_before_a_trim_raises_log_gap(self, opener: Opener) -> None:
+        a, b = opener(), opener()
+        assert a.trimmed_upto() is None
+        seqs = a.append(events(6))
+        a.trim(seqs[2])
+        assert b.trimmed_upto() == seqs[2]
+        for stale in seqs[:2]:
+            with pytest.raises(LogGap) as gap:
+                b.read_since(stale)  # never a silent skip of the records it missed
+            assert (gap.value.cursor, gap.value.trimmed_upto) == (stale, seqs[2])
+        assert [r.seq for r in b.read_since(seqs[2])[0]] == seqs[3:]
+        assert [r.seq for r in b.read_since(None)[0]] == seqs[3:]  # a full read returns what is left
+        a.trim(seqs[0])  # an older trim point never lowers the mark
+        assert a.trimmed_upto() == seqs[2]
+
+    def test_trimming_past_the_newest_record_marks_only_what_exists(self, opener: Opener) -> None:
+        a = opener()
+        assert a.trim(beyond("1-0" if a.url.startswith("redis") else "1")) == 0  # empty log: nothing to mark
+        assert a.trimmed_upto() is None
+        seqs = a.append(events(3))
+        assert a.trim(beyond(seqs[-1])) == 3
+        assert a.trimmed_upto() == seqs[-1]
+        new = a.append(events(2))
+        assert [r.seq for r in a.read_since(seqs[-1])[0]] == new  # the tail's cursor is not stale
+
+    def test_appended_counts_every_record_ever_and_seq_key_orders_seqs(self, opener: Opener) -> None:
+        a, b = opener(), opener()
+        assert a.appended() == 0
+        seqs = a.append(events(4)) + b.append(events(3))
+        a.trim(seqs[3])
+        assert a.appended() == b.appended() == 7
+        keys = [a.seq_key(s) for s in seqs]
+        assert keys == sorted(keys) and len(set(keys)) == 7
+        with pytest.raises(CandgenError, match="cursor"):
+            a.seq_key("not-a-seq")
+
+    # ---- blobs and the log lease ----
+
+    def test_blobs_round_trip_replace_list_and_delete(self, opener: Opener) -> None:
+        a, b = opener(), opener()
+        assert a.get_blob("snap-1") is None and a.list_blobs() == []
+        big = bytes(range(256)) * (9 * 4096 + 7)  # ~9.4 MB: several Redis chunks
+        a.put_blob("snap-1", big)
+        a.put_blob("snap-2", b"")
+        a.put_blob("other", b"x")
+        assert b.get_blob("snap-1") == big and b.get_blob("snap-2") == b""  # every worker reaches them
+        assert b.list_blobs("snap-") == ["snap-1", "snap-2"] and b.list_blobs() == ["other", "snap-1", "snap-2"]
+        b.put_blob("snap-1", b"replaced")
+        assert a.get_blob("snap-1") == b"replaced"
+        a.delete_blob("snap-1")
+        a.delete_blob("never-stored")
+        assert b.get_blob("snap-1") is None and b.list_blobs("snap-") == ["snap-2"]
+        for bad in ("", "../escape", "a/b", ".hidden", "x" * 201):
+            with pytest.raises(CandgenError, match="blob name"):
+                a.put_blob(bad, b"")
+
+    def test_blobs_persist_across_reopen(self, opener: Opener) -> None:
+        if not self.persistent:
+            pytest.skip("this backend keeps nothing across restarts")
+        a = opener()
+        a.put_blob("kept", b"\x00payload")
+        a.close()
+        assert opener().get_blob("kept") == b"\x00payload"
+
+    def test_log_lease_is_shared_by_every_worker(self, opener: Opener) -> None:
+        a, b = opener(), opener()
+        assert a.try_log_lease("snapshot", ttl_s=5) is True
+        assert a.try_log_lease("snapshot", ttl_s=5) is True  # the holder renews
+        assert b.try_log_lease("snapshot", ttl_s=5) is False  # whatever the backend's caches
+        assert b.try_log_lease("other", ttl_s=5) is True
+        b.release_log_lease("snapshot")  # not b's: left alone
+        assert b.try_log_lease("snapshot", ttl_s=5) is False
+        a.release_log_lease("snapshot")
+        assert b.try_log_lease("snapshot", ttl_s=0.2) is True
+        time.sleep(0.35)
+        assert a.try_log_lease("snapshot", ttl_s=5) is True  # b's lease expired
 
     def test_log_persists_across_reopen(self, opener: Opener) -> None:
         if not self.persistent:

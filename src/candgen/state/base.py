@@ -12,6 +12,12 @@ Backends are opened by URL through a small registry (gorse's `storage/cache/data
     seqs = store.append([Record(kind="event", data={"user_id": "u1", "item_id": "i9", "event": "like"})])
     records, cursor = store.read_since(cursor)         # by any worker, strictly after `cursor`, in order
     store.cache("L1").set("u1", payload, ttl_s=300.0)
+    store.put_blob("snapshot-x", data)                 # snapshots (candgen.snapshot) beside the log
+    store.trim(upto)                                   # then read_since(older cursor) raises LogGap
+
+Compaction: `candgen.snapshot` folds the log into a snapshot stored as a blob, then `trim`s the log. A
+worker whose cursor falls before the trimmed range gets `LogGap` from `read_since` (never a silent skip)
+and reloads from the snapshot.
 
 Thread-safety: every method of `StateStore` and `Cache` may be called from several threads at once.
 """
@@ -19,8 +25,10 @@ Thread-safety: every method of `StateStore` and `Cache` may be called from sever
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -38,9 +46,31 @@ CACHE_LEVELS = ("L1", "L2", "L3")
 JOURNAL_NAME = "journal.sqlite3"
 """The embedded default's journal file, beside the artifacts."""
 
+_BLOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
 
 class StateUnavailable(CandgenError):
     """The state backend cannot be reached; writes should answer 503, reads serve from what they have."""
+
+
+class LogGap(CandgenError):
+    """`read_since(cursor)` was asked for records that `trim` already deleted: the reader missed them.
+
+    `cursor` is what the reader passed, `trimmed_upto` the seq up to which the log was trimmed. The reader
+    must rebuild its state from a snapshot taken at or after `trimmed_upto` (the engine reloads).
+    """
+
+    def __init__(self, cursor: str, trimmed_upto: str) -> None:
+        super().__init__(f"the state log was trimmed up to {trimmed_upto}, past this reader's cursor {cursor}: "
+                         "records were folded into a snapshot; reload from it")
+        self.cursor, self.trimmed_upto = cursor, trimmed_upto
+
+
+def check_blob_name(name: str) -> str:
+    """Blob names are file-name safe: letters, digits, '.', '_', '-' (not first), at most 200 characters."""
+    if not isinstance(name, str) or not _BLOB_NAME.fullmatch(name):
+        raise CandgenError(f"bad blob name {name!r}: expected letters, digits, '.', '_' or '-' (at most 200)")
+    return name
 
 
 def key(*parts: object) -> str:
@@ -113,6 +143,14 @@ class StateStore(ABC):
       beginning), at most `limit`, and the cursor to pass next time (unchanged when nothing is new).
       It is one cheap round trip: the per-request catch-up of every worker.
     - `tail_cursor()` is the cursor of the newest record (None for an empty log).
+    - `trim(upto)` deletes the records up to `upto`; afterwards `read_since(c)` with a cursor c before
+      `trimmed_upto()` raises `LogGap` (in the same round trip: the per-request read stays one call).
+      `read_since(None)` still returns what is left (a full replay of a trimmed log: the caller checks
+      `trimmed_upto()`).
+    - `appended()` counts every record ever appended (trimmed ones included); `seq_key(seq)` orders seqs.
+    - Blobs (`put_blob`, `get_blob`, `list_blobs`, `delete_blob`) hold snapshots where every worker of
+      the log reaches them; `put_blob` replaces a blob atomically (a reader gets the old or the new bytes).
+    - `try_log_lease(name, ttl_s)` is one holder at a time among every worker of the log (any backend).
     - Backend failures raise `StateUnavailable` (a `CandgenError`) from `append` and `read_since`;
       `health()` never raises.
     All methods are safe to call from several threads at once.
@@ -137,10 +175,47 @@ class StateStore(ABC):
     def trim(self, upto: str) -> int:
         """Delete the records with seq <= `upto` (compaction); returns how many were deleted.
 
-        Only for records already folded into a snapshot that restarts load before replaying the rest, and
-        that every live worker has read past: `read_since` from an older cursor silently skips them.
-        Seqs are never reused after a trim.
+        Only for records already folded into a snapshot that restarts load before replaying the rest.
+        `trimmed_upto()` becomes max(its old value, min(`upto`, the newest seq)), and `read_since` from a
+        cursor before it raises `LogGap`. Seqs are never reused after a trim.
         """
+
+    @abstractmethod
+    def trimmed_upto(self) -> str | None:
+        """The seq up to which the log was trimmed (None: never trimmed)."""
+
+    @abstractmethod
+    def appended(self) -> int:
+        """How many records were ever appended to this log, trimmed ones included (monotonic)."""
+
+    def seq_key(self, seq: str) -> tuple[int, ...]:
+        """A sort key of a seq this store returned: a < b in log order iff seq_key(a) < seq_key(b)."""
+        return (parse_int_cursor(seq),)
+
+    @abstractmethod
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Store `data` under `name` (replacing it atomically), durable and visible to every worker on return."""
+
+    @abstractmethod
+    def get_blob(self, name: str) -> bytes | None:
+        """The bytes stored under `name`, or None."""
+
+    @abstractmethod
+    def list_blobs(self, prefix: str = "") -> list[str]:
+        """Names of the stored blobs starting with `prefix`, sorted."""
+
+    @abstractmethod
+    def delete_blob(self, name: str) -> None:
+        """Remove a blob (a missing one is ignored)."""
+
+    @abstractmethod
+    def try_log_lease(self, name: str, ttl_s: float) -> bool:
+        """Hold the lease `name` for `ttl_s` seconds among every worker of this log, whatever the backend
+        (renewed when this worker holds it already). For jobs on the shared log itself (snapshots)."""
+
+    @abstractmethod
+    def release_log_lease(self, name: str) -> None:
+        """Give up the lease `name` if this worker holds it (someone else's is left alone)."""
 
     @abstractmethod
     def cache(self, level: str) -> Cache:
@@ -181,6 +256,44 @@ def check_level(level: str) -> str:
     if level not in CACHE_LEVELS:
         raise CandgenError(f"unknown cache level {level!r}; expected one of {', '.join(CACHE_LEVELS)}")
     return level
+
+
+def parse_int_cursor(cursor: str | None) -> int:
+    """An integer seq ("1", "2", ...: the memory and SQLite backends); None or "" is 0 (before everything)."""
+    if cursor is None or cursor == "":
+        return 0
+    try:
+        value = int(cursor)
+    except (TypeError, ValueError):
+        raise CandgenError(f"bad state cursor {cursor!r}: expected a seq returned by this store") from None
+    if value < 0:
+        raise CandgenError(f"bad state cursor {cursor!r}: expected a seq returned by this store")
+    return value
+
+
+class LocalLeases:
+    """Leases held in one process (the memory backend's `try_log_lease`): name -> (holder, expiry)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._held: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def take(self, name: str, holder: str, ttl_s: float) -> bool:
+        if not ttl_s > 0:
+            raise CandgenError(f"lease ttl_s must be > 0 seconds, got {ttl_s}")
+        now = self._clock()
+        with self._lock:
+            cur = self._held.get(name)
+            if cur is not None and cur[0] != holder and cur[1] > now:
+                return False
+            self._held[name] = (holder, now + ttl_s)
+            return True
+
+    def release(self, name: str, holder: str) -> None:
+        with self._lock:
+            if self._held.get(name, ("", 0.0))[0] == holder:
+                del self._held[name]
 
 
 def check_limit(limit: int) -> int:

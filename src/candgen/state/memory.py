@@ -18,7 +18,19 @@ import orjson
 
 from candgen.config import CacheConfig
 from candgen.errors import CandgenError
-from candgen.state.base import CACHE_LEVELS, Cache, Record, StateStore, check_level, check_limit, register
+from candgen.state.base import (
+    CACHE_LEVELS,
+    Cache,
+    LocalLeases,
+    LogGap,
+    Record,
+    StateStore,
+    check_blob_name,
+    check_level,
+    check_limit,
+    parse_int_cursor,
+    register,
+)
 
 
 def max_entries(config: CacheConfig, level: str) -> int:
@@ -103,18 +115,6 @@ def encode(record: Record) -> bytes:
         raise CandgenError(f"record {record.kind!r}: data is not JSON-serialisable ({e})") from None
 
 
-def parse_int_cursor(cursor: str | None) -> int:
-    if cursor is None or cursor == "":
-        return 0
-    try:
-        value = int(cursor)
-    except (TypeError, ValueError):
-        raise CandgenError(f"bad state cursor {cursor!r}: expected a seq returned by this store") from None
-    if value < 0:
-        raise CandgenError(f"bad state cursor {cursor!r}: expected a seq returned by this store")
-    return value
-
-
 class _MemoryLog:
     """The list of (kind, origin, json) rows and the caches one or more MemoryStores share."""
 
@@ -123,6 +123,8 @@ class _MemoryLog:
         self.base = 0  # records trimmed off the front: rows[i] has seq base + i + 1
         self.lock = threading.Lock()
         self.caches = local_caches(config)
+        self.blobs: dict[str, bytes] = {}
+        self.leases = LocalLeases()
 
 
 _NAMED: dict[str, _MemoryLog] = {}
@@ -166,6 +168,8 @@ class MemoryStore(StateStore):
         check_limit(limit)
         log = self._log
         with log.lock:
+            if cursor and after < log.base:
+                raise LogGap(cursor, str(log.base))
             if not log.rows or after >= log.base + len(log.rows):  # the common case: nothing new
                 return [], cursor
             first = max(after, log.base)
@@ -189,6 +193,38 @@ class MemoryStore(StateStore):
             del log.rows[:n]
             log.base += n
         return n
+
+    def trimmed_upto(self) -> str | None:
+        self._check_open()
+        with self._log.lock:
+            return str(self._log.base) if self._log.base else None
+
+    def appended(self) -> int:
+        self._check_open()
+        with self._log.lock:
+            return self._log.base + len(self._log.rows)
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        self._check_open()
+        self._log.blobs[check_blob_name(name)] = bytes(data)
+
+    def get_blob(self, name: str) -> bytes | None:
+        self._check_open()
+        return self._log.blobs.get(check_blob_name(name))
+
+    def list_blobs(self, prefix: str = "") -> list[str]:
+        self._check_open()
+        return sorted(n for n in list(self._log.blobs) if n.startswith(prefix))
+
+    def delete_blob(self, name: str) -> None:
+        self._check_open()
+        self._log.blobs.pop(check_blob_name(name), None)
+
+    def try_log_lease(self, name: str, ttl_s: float) -> bool:
+        return self._log.leases.take(name, self.worker_id, ttl_s)
+
+    def release_log_lease(self, name: str) -> None:
+        self._log.leases.release(name, self.worker_id)
 
     def cache(self, level: str) -> Cache:
         return self._log.caches[check_level(level)]

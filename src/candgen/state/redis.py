@@ -4,14 +4,22 @@ Keys of one store share the prefix in braces, a Redis Cluster hash tag, so that 
 slot and multi-key commands (MGET, DEL, MULTI/EXEC) work on a cluster too:
 
     {candgen}:log            the stream; XADD assigns the ids that are our seqs ("1732712345678-0")
+    {candgen}:trimmed        the id up to which `trim` deleted the stream (read_since checks it)
     {candgen}:L1:<key>       cache entries, SET ... PX <ttl>
-    {candgen}:lease:<name>   job leases (one L3 refresher at a time across workers)
+    {candgen}:lease:<name>   job leases (one L3 refresher, one snapshot job at a time across workers)
+    {candgen}:blobs          the set of blob names (snapshots)
+    {candgen}:blob:<name>    a blob's head (hash: id, n, size); its bytes are in n chunks
+                             {candgen}:blob:<name>:<id>:<i> of at most 4 MiB, so a large snapshot never
+                             needs one huge value; a new version is published atomically over the old one
 
 `append` runs its XADDs in one Lua script, so a call is atomic (Redis runs a script alone); once it
 returns, every client's next XRANGE sees the records. Durability is the server's: with the default
 `appendfsync everysec` a Redis crash may lose the last second of acknowledged writes; run Redis with
 `appendonly yes` and `appendfsync always` (or replicas) when that matters. Restarting candgen loses
-nothing: it replays the stream, which only `trim` (after a snapshot) shortens.
+nothing: it replays the stream, which only `trim` (after a snapshot) shortens. `read_since(cursor)` reads
+the stream and the trim mark in one script (one round trip) and raises `LogGap` for a cursor from before
+a trim. Blobs move over a second connection pool with a long timeout (megabytes per call), so the request
+path's short timeouts and circuit breaker are unaffected.
 
 Redis being down never crashes a request: cache reads return None and writes are skipped (both count an
 error), `health()` is False, and `append`/`read_since` raise `StateUnavailable` (HTTP 503 for writes;
@@ -30,8 +38,10 @@ must not serve the old model's lists); it scans the node holding the hash tag's 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -43,7 +53,18 @@ from redis.retry import Retry
 
 from candgen.config import CacheConfig
 from candgen.errors import CandgenError
-from candgen.state.base import Cache, Record, StateStore, StateUnavailable, check_level, check_limit, chunks, register
+from candgen.state.base import (
+    Cache,
+    LogGap,
+    Record,
+    StateStore,
+    StateUnavailable,
+    check_blob_name,
+    check_level,
+    check_limit,
+    chunks,
+    register,
+)
 from candgen.state.memory import check_ttl, encode
 
 # all XADDs of one append in one script: atomic like MULTI/EXEC, but one command to pack and one reply to
@@ -55,6 +76,45 @@ for i = 1, #ARGV, 3 do
 end
 return ids
 """
+
+# the catch-up read with the trim check, atomically: {trim mark or nil, entries after the cursor}
+_READ_LUA = """
+local rows = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+return {redis.call('GET', KEYS[2]), rows}
+"""
+
+# trim up to min(ARGV id, the newest id) and raise the mark to it; returns the number of entries deleted
+_TRIM_LUA = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return 0 end
+local lid = last[1][1]
+local dash = string.find(lid, '-', 1, true)
+local lms, ln = tonumber(string.sub(lid, 1, dash - 1)), tonumber(string.sub(lid, dash + 1))
+local ums, un = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ms, n, upto = ARGV[1], un, ARGV[1] .. '-' .. ARGV[2]
+if lms < ums or (lms == ums and ln < un) then
+  ms, n, upto = string.sub(lid, 1, dash - 1), ln, lid
+end
+local deleted = redis.call('XTRIM', KEYS[1], 'MINID', ms .. '-' .. (n + 1))
+local old = redis.call('GET', KEYS[2])
+if old then
+  local od = string.find(old, '-', 1, true)
+  local oms, on = tonumber(string.sub(old, 1, od - 1)), tonumber(string.sub(old, od + 1))
+  if oms > tonumber(ms) or (oms == tonumber(ms) and on >= n) then return deleted end
+end
+redis.call('SET', KEYS[2], upto)
+return deleted
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+BLOB_CHUNK = 4 << 20  # bytes per chunk of a blob
+BLOB_BATCH = 8  # chunks per round trip
+BLOB_TIMEOUT_S = 60.0
+ORPHAN_TTL_MS = 3_600_000  # chunks of a put that never published expire after an hour
 
 _LEASE_LUA = """
 local v = redis.call('GET', KEYS[1])
@@ -198,8 +258,16 @@ class RedisStore(StateStore):
             raise CandgenError(f"bad redis state URL {_safe(url)!r}: {e}") from None
         self._r = redis.Redis(connection_pool=self._pool)
         self._log = f"{self.tag}:log"
+        self._mark = f"{self.tag}:trimmed"
+        self._blobs = f"{self.tag}:blobs"
         self._lease = self._r.register_script(_LEASE_LUA)
+        self._release = self._r.register_script(_RELEASE_LUA)
         self._append = self._r.register_script(_APPEND_LUA)
+        self._read = self._r.register_script(_READ_LUA)
+        self._trim = self._r.register_script(_TRIM_LUA)
+        self._bulk_url = url  # blobs go over their own pool (long timeout), opened on first use
+        self._bulk_client: redis.Redis | None = None
+        self._bulk_lock = threading.Lock()
         self._b = Breaker(retry_after_s)
         self._caches = {lv: RedisCache(lv, self._r, self.tag, self._b) for lv in ("L1", "L2", "L3")}
         self._closed = False
@@ -228,20 +296,33 @@ class RedisStore(StateStore):
             r.seq = s
         return seqs
 
+    def seq_key(self, seq: str) -> tuple[int, ...]:
+        ms, _, n = str(seq).partition("-")
+        if not (ms.isdigit() and n.isdigit()):
+            raise CandgenError(f"bad state cursor {seq!r}: expected a seq returned by this store")
+        return int(ms), int(n)
+
     def read_since(self, cursor: str | None, limit: int = 10_000) -> tuple[list[Record], str | None]:
         self._check_open()
         check_limit(limit)
-        start = "-" if not cursor else "(" + cursor  # "(" makes the start exclusive (Redis >= 6.2)
         try:
-            rows: Any = self._b.call(self._r.xrange, self._log, min=start, max="+", count=limit)
+            if not cursor:  # from the beginning: nothing can have been missed
+                rows: Any = self._b.call(self._r.xrange, self._log, min="-", max="+", count=limit)
+                out = [Record(kind=f[b"k"].decode(), data=orjson.loads(f[b"d"]), origin=f[b"o"].decode(),
+                              seq=i.decode()) for i, f in rows]
+            else:
+                after = self.seq_key(cursor)
+                # "(" makes the start exclusive (Redis >= 6.2)
+                mark, rows = self._b.call(self._read, keys=[self._log, self._mark], args=["(" + cursor, limit])
+                if mark is not None and after < self.seq_key(mark.decode()):
+                    raise LogGap(cursor, mark.decode())
+                out = [_record(i, f) for i, f in rows]
         except redis.ResponseError as e:
             raise CandgenError(f"bad state cursor {cursor!r}: expected a seq returned by this store ({e})") from None
         except redis.RedisError as e:
             raise self._unavailable("read from", e) from None
-        if not rows:
+        if not out:
             return [], cursor
-        out = [Record(kind=f[b"k"].decode(), data=orjson.loads(f[b"d"]), origin=f[b"o"].decode(), seq=i.decode())
-               for i, f in rows]
         return out, out[-1].seq
 
     def tail_cursor(self) -> str | None:
@@ -254,13 +335,118 @@ class RedisStore(StateStore):
 
     def trim(self, upto: str) -> int:
         self._check_open()
-        ms, _, n = upto.partition("-")
-        if not (ms.isdigit() and n.isdigit()):
-            raise CandgenError(f"bad state cursor {upto!r}: expected a seq returned by this store")
-        try:  # XTRIM MINID deletes ids below its argument: the id right after `upto`
-            return int(self._b.call(self._r.xtrim, self._log, minid=f"{ms}-{int(n) + 1}", approximate=False))
+        ms, n = self.seq_key(upto)
+        try:  # XTRIM MINID deletes ids below its argument: the id right after `upto` (or the newest id)
+            return int(self._b.call(self._trim, keys=[self._log, self._mark], args=[ms, n]))
         except redis.RedisError as e:
             raise self._unavailable("trim", e) from None
+
+    def trimmed_upto(self) -> str | None:
+        self._check_open()
+        try:
+            mark: Any = self._b.call(self._r.get, self._mark)
+        except redis.RedisError as e:
+            raise self._unavailable("read from", e) from None
+        return None if mark is None else mark.decode()
+
+    def appended(self) -> int:
+        self._check_open()
+        try:
+            info: Any = self._b.call(self._r.xinfo_stream, self._log)
+        except redis.ResponseError:  # no stream yet
+            return 0
+        except redis.RedisError as e:
+            raise self._unavailable("read from", e) from None
+        # entries-added: Redis >= 7.0 counts every XADD; older servers only know the current length
+        return int(info.get("entries-added", info.get("length", 0)))
+
+    # -- blobs: chunked, published atomically ---------------------------------------------------------
+
+    def _bulk(self) -> redis.Redis:
+        with self._bulk_lock:
+            if self._bulk_client is None:
+                pool = redis.ConnectionPool.from_url(self._bulk_url, socket_timeout=BLOB_TIMEOUT_S,
+                                                     socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
+                self._bulk_client = redis.Redis(connection_pool=pool)
+            return self._bulk_client
+
+    def _head(self, name: str) -> str:
+        return f"{self.tag}:blob:{check_blob_name(name)}"
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        self._check_open()
+        head, bid = self._head(name), uuid.uuid4().hex[:12]
+        parts = [data[i:i + BLOB_CHUNK] for i in range(0, len(data), BLOB_CHUNK)] or [b""]
+        keys = [f"{head}:{bid}:{i}" for i in range(len(parts))]
+        r = self._bulk()
+        try:
+            old: Any = r.hgetall(head)
+            for start in range(0, len(parts), BLOB_BATCH):  # with a TTL until published: a crash leaks nothing
+                pipe = r.pipeline(transaction=False)
+                for k, part in zip(keys[start:start + BLOB_BATCH], parts[start:start + BLOB_BATCH], strict=True):
+                    pipe.set(k, part, px=ORPHAN_TTL_MS)
+                pipe.execute()
+            pipe = r.pipeline(transaction=True)  # publish: MULTI/EXEC, readers see the old or the new head
+            for k in keys:
+                pipe.persist(k)
+            pipe.delete(head)
+            pipe.hset(head, mapping={"id": bid, "n": len(parts), "size": len(data)})
+            pipe.sadd(self._blobs, name)
+            pipe.execute()
+            self._drop_chunks(r, head, old)
+        except redis.RedisError as e:
+            raise self._unavailable("write a blob to", e) from None
+
+    @staticmethod
+    def _drop_chunks(r: redis.Redis, head: str, meta: Any) -> None:
+        if meta:
+            bid, n = meta[b"id"].decode(), int(meta[b"n"])
+            for batch in chunks((f"{head}:{bid}:{i}" for i in range(n)), 500):
+                r.unlink(*batch)
+
+    def get_blob(self, name: str) -> bytes | None:
+        self._check_open()
+        head, r = self._head(name), self._bulk()
+        try:
+            for _ in range(3):  # a put that publishes meanwhile deletes the chunks being read: read again
+                meta: Any = r.hgetall(head)
+                if not meta:
+                    return None
+                bid, n = meta[b"id"].decode(), int(meta[b"n"])
+                parts: list[Any] = []
+                for start in range(0, n, BLOB_BATCH):
+                    pipe = r.pipeline(transaction=False)
+                    for i in range(start, min(n, start + BLOB_BATCH)):
+                        pipe.get(f"{head}:{bid}:{i}")
+                    parts += pipe.execute()
+                if all(p is not None for p in parts):
+                    return b"".join(parts)
+                if r.hget(head, "id") == meta[b"id"]:
+                    raise CandgenError(f"blob {name!r} in Redis at {self.url} is incomplete (a chunk is missing)")
+        except redis.RedisError as e:
+            raise self._unavailable("read a blob from", e) from None
+        raise CandgenError(f"blob {name!r} in Redis at {self.url} kept changing while being read")
+
+    def list_blobs(self, prefix: str = "") -> list[str]:
+        self._check_open()
+        try:
+            names: Any = self._bulk().smembers(self._blobs)
+        except redis.RedisError as e:
+            raise self._unavailable("list blobs in", e) from None
+        return sorted(n for n in (m.decode() for m in names) if n.startswith(prefix))
+
+    def delete_blob(self, name: str) -> None:
+        self._check_open()
+        head, r = self._head(name), self._bulk()
+        try:
+            meta: Any = r.hgetall(head)
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(head)
+            pipe.srem(self._blobs, name)
+            pipe.execute()
+            self._drop_chunks(r, head, meta)
+        except redis.RedisError as e:
+            raise self._unavailable("delete a blob from", e) from None
 
     def cache(self, level: str) -> Cache:
         return self._caches[check_level(level)]
@@ -275,9 +461,19 @@ class RedisStore(StateStore):
             return False
         return bool(got)
 
+    def try_log_lease(self, name: str, ttl_s: float) -> bool:
+        return self.try_lease(name, ttl_s)  # Redis leases are shared by every worker already
+
+    def release_log_lease(self, name: str) -> None:
+        with contextlib.suppress(redis.RedisError):  # otherwise it expires by itself
+            self._b.call(self._release, keys=[f"{self.tag}:lease:{name}"], args=[self.worker_id])
+
     def close(self) -> None:
         self._closed = True
         self._pool.disconnect()
+        with self._bulk_lock:
+            if self._bulk_client is not None:
+                self._bulk_client.connection_pool.disconnect()
 
     def health(self) -> bool:
         if self._closed:
@@ -297,6 +493,12 @@ class RedisStore(StateStore):
                             500):
             n += int(self._r.unlink(*batch))
         return n
+
+
+def _record(seq: bytes, fields: list[bytes]) -> Record:
+    """One stream entry as an EVAL script returns it: id, [field, value, field, value, ...]."""
+    f = dict(zip(fields[::2], fields[1::2], strict=True))
+    return Record(kind=f[b"k"].decode(), data=orjson.loads(f[b"d"]), origin=f[b"o"].decode(), seq=seq.decode())
 
 
 def _open(parts: SplitResult, *, url: str, worker_id: str, cache_config: CacheConfig, **_: Any) -> StateStore:

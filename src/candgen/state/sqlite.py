@@ -17,14 +17,22 @@ commit and survives power loss too (benchmarks/state.py measures both).
 
 Caches are in-process `LocalCache`s: each worker process has its own L1/L2/L3 (use Redis to share them).
 sqlite3 connections are not shared between threads: each thread gets its own, opened on first use.
+
+Trimming records the trimmed seq in the `marks` table; `read_since` checks it in the same statement, so a
+cursor from before a trim raises `LogGap` at no extra round trip. Snapshots are blobs: plain files in the
+directory `<journal>-blobs/` beside the journal (written to a temporary file, fsynced, renamed into
+place), so a multi-hundred-megabyte snapshot never holds the journal's write lock. The log lease of the
+snapshot job lives in the `leases` table, shared by every process on the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, parse_qs
@@ -33,8 +41,20 @@ import orjson
 
 from candgen.config import CacheConfig
 from candgen.errors import CandgenError
-from candgen.state.base import Cache, Record, StateStore, StateUnavailable, check_level, check_limit, register, url_path
-from candgen.state.memory import encode, local_caches, parse_int_cursor
+from candgen.state.base import (
+    Cache,
+    LogGap,
+    Record,
+    StateStore,
+    StateUnavailable,
+    check_blob_name,
+    check_level,
+    check_limit,
+    parse_int_cursor,
+    register,
+    url_path,
+)
+from candgen.state.memory import check_ttl, encode, local_caches
 
 
 @contextlib.contextmanager
@@ -57,8 +77,18 @@ CREATE TABLE IF NOT EXISTS log (
     origin TEXT NOT NULL,
     data TEXT NOT NULL,                     -- the record's data as JSON
     at REAL NOT NULL                        -- wall-clock time of the append (for operators)
-)
+);
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'trimmed': seq
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
 """
+# the catch-up read: a row (-1, mark) first when the cursor is before the trimmed range, then the records
+_READ_CHECKED = """
+SELECT -1, '', '', value FROM marks WHERE name = 'trimmed' AND value > ?1
+UNION ALL
+SELECT * FROM (SELECT seq, kind, origin, data FROM log WHERE seq > ?1 ORDER BY seq LIMIT ?2)
+"""
+_READ = "SELECT seq, kind, origin, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?"
+STALE_TMP_S = 3600.0  # a blob's temporary file older than this was left by a crashed writer
 SYNCHRONOUS = ("normal", "full")
 
 
@@ -79,11 +109,15 @@ class SQLiteStore(StateStore):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
-            conn.execute(SCHEMA)
+            with _immediate(conn):  # several processes may open a new journal at once
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
         except (OSError, sqlite3.Error) as e:
             self.close()
             raise CandgenError(f"cannot open the state journal {self.path}: {e}") from None
         self._caches = local_caches(cache_config or CacheConfig())
+        self.blob_dir = self.path.with_name(self.path.name + "-blobs")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -126,13 +160,13 @@ class SQLiteStore(StateStore):
         after = parse_int_cursor(cursor)
         check_limit(limit)
         try:
-            rows = self._conn().execute(
-                "SELECT seq, kind, origin, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-            ).fetchall()
+            rows = self._conn().execute(_READ_CHECKED if cursor else _READ, (after, limit)).fetchall()
         except sqlite3.Error as e:
             raise StateUnavailable(f"state backend unavailable: cannot read {self.path}: {e}") from None
         if not rows:
             return [], cursor
+        if rows[0][0] == -1:
+            raise LogGap(str(cursor), str(rows[0][3]))
         out = [Record(kind=k, data=orjson.loads(d), origin=o, seq=str(s)) for s, k, o, d in rows]
         return out, out[-1].seq
 
@@ -148,10 +182,111 @@ class SQLiteStore(StateStore):
         try:
             conn = self._conn()
             with _immediate(conn):
-                n = conn.execute("DELETE FROM log WHERE seq <= ?", (last,)).rowcount
+                newest = conn.execute("SELECT max(seq) FROM log").fetchone()[0]
+                if newest is None:
+                    return 0
+                upto_seq = min(last, int(newest))  # never mark seqs not yet assigned as trimmed
+                n = conn.execute("DELETE FROM log WHERE seq <= ?", (upto_seq,)).rowcount
+                conn.execute("INSERT INTO marks (name, value) VALUES ('trimmed', ?) ON CONFLICT(name) "
+                             "DO UPDATE SET value = max(value, excluded.value)", (upto_seq,))
         except sqlite3.Error as e:
             raise StateUnavailable(f"state backend unavailable: cannot trim {self.path}: {e}") from None
         return int(n)
+
+    def _scalar(self, sql: str, what: str) -> Any:
+        try:
+            row = self._conn().execute(sql).fetchone()
+        except sqlite3.Error as e:
+            raise StateUnavailable(f"state backend unavailable: cannot {what} {self.path}: {e}") from None
+        return None if row is None else row[0]
+
+    def trimmed_upto(self) -> str | None:
+        value = self._scalar("SELECT value FROM marks WHERE name = 'trimmed'", "read")
+        return None if value is None else str(value)
+
+    def appended(self) -> int:
+        # AUTOINCREMENT keeps the largest seq ever assigned; appends are consecutive (one writer at a time)
+        return int(self._scalar("SELECT seq FROM sqlite_sequence WHERE name = 'log'", "read") or 0)
+
+    # -- blobs: files beside the journal --------------------------------------------------------------
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        check_blob_name(name)
+        d = self.blob_dir
+        tmp = d / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            self._sweep_tmp()
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / name)  # atomic: readers see the old or the new file, never half of one
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the rename itself survives a crash
+            finally:
+                os.close(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StateUnavailable(f"state backend unavailable: cannot write {d / name}: {e}") from None
+
+    def _sweep_tmp(self) -> None:
+        cutoff = time.time() - STALE_TMP_S
+        for f in self.blob_dir.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if f.stat().st_mtime < cutoff:
+                    f.unlink()
+
+    def get_blob(self, name: str) -> bytes | None:
+        path = self.blob_dir / check_blob_name(name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateUnavailable(f"state backend unavailable: cannot read {path}: {e}") from None
+
+    def list_blobs(self, prefix: str = "") -> list[str]:
+        try:
+            names = os.listdir(self.blob_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StateUnavailable(f"state backend unavailable: cannot list {self.blob_dir}: {e}") from None
+        return sorted(n for n in names if n.startswith(prefix) and not n.startswith("."))
+
+    def delete_blob(self, name: str) -> None:
+        path = self.blob_dir / check_blob_name(name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise StateUnavailable(f"state backend unavailable: cannot delete {path}: {e}") from None
+
+    # -- the log lease (shared by every process on the file) ------------------------------------------
+
+    def try_log_lease(self, name: str, ttl_s: float) -> bool:
+        """One holder at a time among the processes sharing this journal; False when it cannot be read."""
+        ttl = check_ttl(ttl_s)
+        now = time.time()  # wall clock: the processes share no monotonic clock
+        try:
+            conn = self._conn()
+            with _immediate(conn):
+                row = conn.execute("SELECT holder, until FROM leases WHERE name = ?", (name,)).fetchone()
+                if row is not None and row[0] != self.worker_id and row[1] > now:
+                    return False
+                conn.execute("INSERT INTO leases (name, holder, until) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
+                             "SET holder = excluded.holder, until = excluded.until", (name, self.worker_id, now + ttl))
+        except (sqlite3.Error, CandgenError):
+            return False
+        return True
+
+    def release_log_lease(self, name: str) -> None:
+        with contextlib.suppress(sqlite3.Error, CandgenError):
+            conn = self._conn()
+            with _immediate(conn):
+                conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, self.worker_id))
 
     def cache(self, level: str) -> Cache:
         return self._caches[check_level(level)]
