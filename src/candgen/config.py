@@ -157,6 +157,21 @@ class ServeConfig:
 
 
 @dataclass
+class StateConfig:
+    """Snapshots of the shared write log (candgen.snapshot): a background job, one worker at a time, folds
+    the log into a snapshot once `snapshot_every_records` records arrived since the last one, or once
+    `snapshot_every_s` seconds passed with at least one new record (0 turns a trigger off; both 0: no job),
+    checking every `snapshot_check_s` seconds; then it trims the log up to the snapshot before it. A
+    restart loads the newest snapshot and replays only the records after it."""
+
+    snapshot_every_records: int = 100_000
+    snapshot_every_s: float = 3600.0
+    snapshot_check_s: float = 30.0
+    # snapshots of other artifacts (older models) hold trimming back until they are this old, then are deleted
+    snapshot_retire_s: float = 7 * 86400.0
+
+
+@dataclass
 class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -165,6 +180,7 @@ class Config:
     blend: BlendConfig = field(default_factory=BlendConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

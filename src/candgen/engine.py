@@ -18,6 +18,11 @@ Writes (`ingest_events`, `add_items`, `delete_item`, `put_user`) are validated, 
 state store's log (durable before they return), applied to this worker's structures and invalidate
 the caches they affect. `reload` swaps a whole new `Runtime` in atomically, replaying the log onto it.
 
+Start-up and reload load the newest snapshot of these artifacts and replay only the log after it
+(`candgen.snapshot`); a background job snapshots and trims the log (`state.snapshot_every_*`). A worker
+that fell behind a trim reloads from the newest snapshot in the background, serving from what it has
+meanwhile.
+
 Thread-safety: every public method may be called from many threads at once.
 """
 
@@ -90,6 +95,11 @@ class Engine:
         self._lock = threading.Lock()
         self.state_errors = 0
         self.follower: Any = None
+        self.replayed: Any = None  # what the latest start or reload replayed (candgen.snapshot.Replayed)
+        self.snapshots: Any = None  # the snapshot job (candgen.state.jobs.SnapshotJob)
+        self.gap_recoveries = 0
+        self._recovery: threading.Thread | None = None
+        self._reload_lock = threading.RLock()  # one reload (admin or after a log gap) at a time
         self.caches = ListCaches(store, runtime.config.cache)
         serve = runtime.config.serve  # offline work (no deadlines) is never queued nor refused
         self.gate = AdmissionGate(serve.compute_slots if deadlines else 0, serve.request_deadline_ms / 1000.0)
@@ -100,6 +110,7 @@ class Engine:
         if store is not None:
             self._replay(runtime)
             self._start_l3(runtime.config)
+            self._start_snapshots(runtime.config)
 
     def _configure(self, rt: Runtime) -> None:
         self.experiment = experiment_from_config(rt.config.blend.experiment, known_sources=list(rt.sources))
@@ -145,6 +156,8 @@ class Engine:
         return Engine.open(art, config=config, deadlines=deadlines, durable=False)
 
     def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.stop()
         self.caches.stop()
         self.quality.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -194,6 +207,13 @@ class Engine:
             out |= {"cache_L2_hits": self.l2.hits, "cache_L2_misses": self.l2.misses}
         if self.caches.refresher is not None:
             out |= {f"l3_{k}": v for k, v in self.caches.refresher.stats().items()}
+        if self.follower is not None:
+            out |= {"state_log_gaps": self.follower.gaps, "state_gap_recoveries": self.gap_recoveries}
+        if self.replayed is not None:
+            out |= {"state_replayed_records": self.replayed.records, "state_replay_seconds": self.replayed.seconds,
+                    "state_replay_from_snapshot": int(self.replayed.snapshot is not None)}
+        if self.snapshots is not None:
+            out |= {f"snapshot_{k}": v for k, v in self.snapshots.stats().items()}
         return out
 
     def clock(self) -> float:
@@ -211,14 +231,84 @@ class Engine:
     # -- the shared log --------------------------------------------------------------------------------
 
     def _replay(self, rt: Runtime) -> None:
-        """Start-up: apply every record of the log, then follow it for this runtime."""
+        """Start-up: the newest snapshot of these artifacts and the log after it (the whole log without one),
+        then follow the log for the serving runtime."""
+        from candgen.snapshot import replay_fresh
         from candgen.state.follow import LogFollower
 
-        assert self.store is not None
-        worker = self.store.worker_id
-        self.follower = LogFollower(self.store, lambda r: self._apply(self.rt, r.kind, r.data,
-                                                                      own=r.origin == worker))
-        self.follower.replay()
+        store = self.store
+        assert store is not None
+        worker = store.worker_id
+
+        def follower_for(_: Runtime) -> LogFollower:  # applies to whatever runtime serves, across reloads
+            return LogFollower(store, lambda r: self._apply(self.rt, r.kind, r.data, own=r.origin == worker),
+                               on_gap=self._on_gap)
+
+        def load_again() -> Runtime:  # a trim overtook the replay: start again from a fresh runtime
+            if rt.art is None:
+                raise CandgenError("the state log was trimmed during the start-up replay of a runtime that has no "
+                                   "artifacts directory to load again")
+            fresh = Runtime.load(rt.art, config=rt.config)
+            self._swap(fresh)
+            return fresh
+
+        _, self.follower, self.replayed = replay_fresh(load_again, store, follower_for, first=rt)
+
+    def _start_snapshots(self, config: Config) -> None:
+        """The background job that snapshots the log and trims it (one worker at a time: a lease)."""
+        sc = config.state
+        if self.store is None or self.rt.art is None or (sc.snapshot_every_records <= 0 and sc.snapshot_every_s <= 0):
+            return
+        from candgen.snapshot import artifacts_key, snapshot_due
+        from candgen.state.jobs import SnapshotJob
+
+        store, since = self.store, time.time()
+        self.snapshots = SnapshotJob(
+            due=lambda: snapshot_due(store, artifacts_key(self.rt), self.rt.config.state, since=since),
+            take=lambda: self._take_snapshot(trim=True), check_s=sc.snapshot_check_s).start()
+
+    def _take_snapshot(self, *, trim: bool) -> Any:
+        from candgen.snapshot import take_snapshot_leased
+
+        rt = self.rt
+        if self.store is None or rt.art is None:
+            raise CandgenError("nothing to snapshot: this engine has no state store or no artifacts directory")
+        return take_snapshot_leased(rt.art, self.store, config=rt.config, trim=trim)
+
+    def snapshot(self, *, trim: bool = True) -> Any:
+        """Snapshot the shared log now and trim it (the admin command): a `candgen.snapshot.SnapshotResult`.
+        Raises `EngineOverloadedError` when another worker is taking one."""
+        from candgen.serve.protocol import EngineOverloadedError
+
+        res = self._take_snapshot(trim=trim)
+        if res is None:
+            raise EngineOverloadedError("another worker is taking a snapshot of the state log; retry later")
+        return res
+
+    def _on_gap(self, gap: Any) -> None:
+        """This worker fell behind a trim of the log (called by the follower, under its lock): reload from the
+        newest snapshot in the background; requests are served from what this worker has meanwhile."""
+        with self._lock:
+            if self._recovery is not None and self._recovery.is_alive():
+                return
+            self._recovery = threading.Thread(target=self._recover, name="candgen-log-gap", daemon=True)
+            self._recovery.start()
+
+    def _recover(self) -> None:
+        with self._reload_lock:
+            rt = self.rt
+            if self.follower.gap is None:  # a reload meanwhile already caught up
+                return
+            if rt.art is None:
+                log.error("fell behind a trim of the state log, and the runtime has no artifacts directory to "
+                          "reload from: the trimmed records are missing here")
+                return
+            try:
+                self._reload_from(rt.art, config=rt.config, clear_caches=False)
+                self.gap_recoveries += 1
+            except Exception:
+                log.exception("could not reload from the newest snapshot after a log gap; trying again on the "
+                              "next request")
 
     def catch_up(self) -> None:
         """Apply what other workers wrote since our cursor: one cheap read when nothing is new. A failing
@@ -286,26 +376,40 @@ class Engine:
                               "interests": list(profile.interests), "friends": list(profile.friends)}])
 
     def reload(self, art_path: str | None = None) -> str:
-        """Load new artifacts off the request path, replay the log onto them, swap atomically."""
-        old = self.rt
-        art = art_path or old.art
+        """Load new artifacts off the request path, replay the log onto them (from their newest snapshot), swap
+        atomically."""
+        art = art_path or self.rt.art
         if art is None:
             raise CandgenError("no artifacts directory to reload from")
-        rt = Runtime.load(art, config=None)
-        if self.store is not None:
-            from candgen.state.follow import LogFollower
+        return self._reload_from(art, config=None, clear_caches=True)
 
-            worker = self.store.worker_id
-            temp = LogFollower(self.store, lambda r: self._apply(rt, r.kind, r.data, own=r.origin == worker))
-            temp.replay()  # the whole log onto the new runtime, off the request path
-            with self.follower._lock:  # no catch-up meanwhile: the tail, then the swap
-                temp.replay()
+    def _reload_from(self, art: str | Path, *, config: Config | None, clear_caches: bool) -> str:
+        with self._reload_lock:
+            def load() -> Runtime:
+                return Runtime.load(art, config=config)
+
+            if self.store is None:
+                rt = load()
                 self._swap(rt)
-                self.follower.cursor = temp.cursor
-        else:
-            self._swap(rt)
-        self.caches.clear()
-        return rt.model_version
+            else:
+                from candgen.snapshot import replay_fresh
+                from candgen.state.follow import LogFollower
+
+                store, worker = self.store, self.store.worker_id
+
+                def follower_for(target: Runtime) -> LogFollower:
+                    return LogFollower(store, lambda r: self._apply(target, r.kind, r.data, own=r.origin == worker))
+
+                # snapshot + log onto the new runtime, off the request path
+                rt, temp, replayed = replay_fresh(load, store, follower_for)
+                with self.follower.lock:  # no catch-up meanwhile: the tail, then the swap
+                    temp.replay()
+                    self._swap(rt)
+                    self.follower.cursor = temp.cursor
+                self.replayed = replayed
+            if clear_caches:
+                self.caches.clear()
+            return rt.model_version
 
     def _swap(self, rt: Runtime) -> None:
         self._configure(rt)

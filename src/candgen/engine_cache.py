@@ -53,7 +53,6 @@ class ListCaches:
         self.shared = bool(store is not None and str(getattr(store, "url", "")).startswith("redis"))
         self.hits = {"L1": 0, "L3": 0}
         self.misses = 0
-        self._items_gen = 0
         self._trending_sig = ""
         self._trending_dirty = True
         self._trending_checked = 0.0
@@ -70,15 +69,14 @@ class ListCaches:
                 self._trending_sig = str(hash(tuple(np.sort(head.ids).tolist())))
                 self._trending_dirty = False
                 self._trending_checked = now
-            return f"{self._items_gen}:{self._trending_sig}"
+            # the catalog's generation is the number of item and delete records applied: the same on every
+            # worker at the same log position, whether it replayed the log or loaded a snapshot
+            return f"{rt.catalog_writes}:{self._trending_sig}"
 
     def after_write(self, rt: Runtime, kind: str, data: dict[str, Any], *, own: bool) -> None:
         if not self.enabled:
             return
-        if kind in ("item", "delete"):
-            with self._lock:
-                self._items_gen += 1
-        elif kind in ("event", "user"):
+        if kind in ("event", "user"):  # items and deletes move `rt.catalog_writes`, part of the generation
             with self._lock:
                 self._trending_dirty = True
             # a shared cache is cleared once, by the worker that took the write; a per-process one by all
@@ -117,7 +115,7 @@ class ListCaches:
                 continue
             d, blended = got
             if (d["model"] == rt.model_version and d["variant"] == variant and d["k"] >= k
-                    and (level == "L3" or d["gen"] == gen) and d["items_gen"] == self._items_gen):
+                    and (level == "L3" or d["gen"] == gen) and d["items_gen"] == rt.catalog_writes):
                 self.hits[level] += 1
                 return CachedList(blended, variant, level)
         self.misses += 1
@@ -130,7 +128,7 @@ class ListCaches:
         extra = np.flatnonzero(ids >= base)
         head = json.dumps({
             "k": k, "variant": variant, "model": rt.model_version, "gen": self.generation(rt),
-            "items_gen": self._items_gen, "n": len(ids), "names": list(blended.source_names),
+            "items_gen": rt.catalog_writes, "n": len(ids), "names": list(blended.source_names),
             "extra": [[int(p), rt.state.catalog.items.id(int(ids[p]))] for p in extra],
         }, separators=(",", ":")).encode()
         return b"".join((_HEAD.pack(len(head)), head, np.where(ids < base, ids, -1).astype(np.int32).tobytes(),

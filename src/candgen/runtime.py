@@ -49,6 +49,11 @@ class Runtime:
         self.encoder: Any = model
         self.profiles: dict[str, Profile] = {}
         self.activity_counts: dict[str, int] = {}
+        # what a snapshot needs beyond `state` (candgen.snapshot): the vectors written to the index while
+        # serving (the newest per item, in order of writing) and the number of item and delete records
+        self.written: dict[int, np.ndarray] = {}
+        self.catalog_writes = 0
+        self.base_users = len(dataset.users)  # users known to the artifacts; the log adds the others
         self._lock = threading.RLock()  # serialises writes; reads go through the structures' own locks
 
     def use_encoder(self, encoder: Any) -> None:
@@ -56,6 +61,13 @@ class Runtime:
         self.encoder = encoder
         self.sources = make_sources(self.state, config=self.config, model=encoder, index=self.index,
                                     item_vectors=self.vector_lookup)
+
+    def replace_state(self, state: SourceState) -> None:
+        """Serve from `state` instead (a snapshot's): the sources are rebuilt over it."""
+        with self._lock:
+            self.state = state
+            self.sources = make_sources(state, config=self.config, model=self.encoder, index=self.index,
+                                        item_vectors=self.vector_lookup)
 
     def with_config(self, config: Config) -> Runtime:
         """The same loaded parts under another config (e.g. another mix, for ablations)."""
@@ -147,6 +159,7 @@ class Runtime:
             elif kind == "item":
                 self._apply_item(data)
             elif kind == "delete":
+                self.catalog_writes += 1
                 item = self.state.catalog.items.get(data["item_id"])
                 if item >= 0:
                     self.state.delete_item(item)
@@ -176,7 +189,11 @@ class Runtime:
             item_ids=np.array([existing if 0 <= existing < len(self.item_vectors) else -1]),
             now=int(d["created_at"]),
         )
-        self.index.add(np.ascontiguousarray(vec, np.float32), np.array([item], np.int64))
+        vec = np.ascontiguousarray(vec, np.float32)
+        self.index.add(vec, np.array([item], np.int64))
+        self.written.pop(item, None)  # re-inserted: the order is that of the latest write
+        self.written[item] = vec[0].copy()
+        self.catalog_writes += 1
 
     def _apply_profile(self, d: dict[str, Any]) -> None:
         uid = d["user_id"]

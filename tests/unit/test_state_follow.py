@@ -108,3 +108,46 @@ def test_requests_queued_behind_a_read_share_it() -> None:
     assert f.reads + f.shared_reads == 8 and f.reads < 8
     f.catch_up()  # a request arriving after everything finished reads again
     assert f.reads + f.shared_reads == 9
+
+
+def theirs(i: object) -> Record:
+    """A record another worker wrote (catch_up skips a worker's own)."""
+    return Record(kind="item", data={"item_id": f"i{i}"}, origin="another-worker")
+
+
+def test_a_follower_behind_a_trim_reports_the_gap_until_its_cursor_is_reset() -> None:
+    from candgen.state.base import LogGap
+
+    store = MemoryStore(worker_id="writer")
+    seen: list[Record] = []
+    gaps: list[LogGap] = []
+    f = LogFollower(store, seen.append, on_gap=gaps.append)
+    store.append([theirs(1), theirs(2)])
+    assert f.catch_up() == 2
+    seqs = store.append([theirs(3), theirs(4), theirs(5)])
+    store.trim(seqs[1])  # i3 and i4 are gone before this follower read them
+    assert f.catch_up() == -1 and f.gap is not None and f.gap.trimmed_upto == seqs[1]
+    assert f.catch_up() == -1  # still behind: the owner is told again, its recovery runs once
+    assert len(gaps) == 2 and f.gaps == 1 and [r.data["item_id"] for r in seen] == ["i1", "i2"]
+    with f.lock:
+        f.cursor = seqs[1]  # what a reload from a snapshot at seqs[1] does
+    assert f.gap is None
+    assert f.catch_up() == 1 and seen[-1].data["item_id"] == "i5"
+    stale = LogFollower(store, seen.append, on_gap=gaps.append)
+    stale.cursor = seqs[0]
+    with pytest.raises(LogGap):  # a replay from a cursor before the trim raises instead
+        stale.replay()
+
+
+def test_a_failing_gap_handler_does_not_fail_the_request() -> None:
+    store = MemoryStore(worker_id="writer")
+
+    def boom(_: object) -> None:
+        raise RuntimeError("recovery could not start")
+
+    f = LogFollower(store, lambda r: None, on_gap=boom)
+    store.append([theirs(1)])
+    f.catch_up()
+    store.append([theirs(2), theirs(3)])
+    store.trim(store.tail_cursor() or "")
+    assert f.catch_up() == -1 and f.gaps == 1

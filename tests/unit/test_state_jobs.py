@@ -124,3 +124,49 @@ def test_bad_config_and_double_start() -> None:
     with pytest.raises(CandgenError, match="already running"):
         r.start()
     r.stop()
+
+
+# ---- the snapshot job ----
+
+def test_snapshot_job_takes_when_due_and_counts_busy_rounds() -> None:
+    from candgen.state.jobs import SnapshotJob
+
+    due, results = [False, True, True], [None, "snap"]
+    taken: list[str] = []
+
+    def take() -> str | None:
+        r = results.pop(0)
+        if r is not None:
+            taken.append(r)
+        return r
+
+    job = SnapshotJob(due=lambda: due.pop(0), take=take, check_s=60.0)
+    assert job.run_once() is False  # not due: take is not even called
+    assert job.run_once() is False  # due, but another worker holds the lease
+    assert job.run_once() is True and taken == ["snap"]
+    assert job.stats() == {"checks": 3, "taken": 1, "busy": 1, "errors": 0}
+
+
+def test_snapshot_job_thread_survives_errors_and_stops() -> None:
+    from candgen.state.jobs import SnapshotJob
+
+    calls: list[int] = []
+
+    def due() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("store down")
+        return True
+
+    job = SnapshotJob(due=due, take=lambda: "snap", check_s=0.02).start()
+    deadline = time.monotonic() + 5
+    while job.taken < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.stop()
+    assert job.errors == 1 and job.taken >= 2
+    with pytest.raises(CandgenError, match="snapshot_check_s"):
+        SnapshotJob(due=lambda: True, take=lambda: None, check_s=0)
+    job2 = SnapshotJob(due=lambda: False, take=lambda: None, check_s=60.0).start()
+    with pytest.raises(CandgenError, match="already running"):
+        job2.start()
+    job2.stop()

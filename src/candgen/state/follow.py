@@ -11,6 +11,12 @@ applies, so a request that starts after another worker's append returned always 
 queue behind the lock share reads: when the read that just finished began after this request arrived,
 it already covers every write acknowledged before the request, so the request does not read again
 (under load, one round trip serves many requests).
+
+After a snapshot, the log is trimmed. A follower whose cursor falls before the trimmed range (a worker that
+lagged behind) gets `LogGap` from the store: `catch_up` then returns -1 (served from what it has, like an
+outage), sets `gap` and calls `on_gap(gap)` (on every such read: the owner starts one recovery at a time),
+so that the owner reloads from the snapshot in the background and sets a fresh `cursor` (which clears
+`gap`). `replay` lets `LogGap` propagate.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from candgen.state.base import Record, StateStore, StateUnavailable
+from candgen.state.base import LogGap, Record, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +41,34 @@ class LogFollower:
     `StateUnavailable` so the HTTP layer answers 503.
     """
 
-    def __init__(self, store: StateStore, apply: Callable[[Record], None], *, page: int = 10_000) -> None:
-        self.store, self.apply, self.page = store, apply, page
-        self.cursor: str | None = None
+    def __init__(self, store: StateStore, apply: Callable[[Record], None], *, page: int = 10_000,
+                 on_gap: Callable[[LogGap], None] | None = None) -> None:
+        self.store, self.apply, self.page, self.on_gap = store, apply, page, on_gap
+        self._cursor: str | None = None
         self._lock = threading.Lock()
-        self.applied = self.apply_errors = self.read_errors = 0
+        self.applied = self.apply_errors = self.read_errors = self.gaps = 0
         self.reads = self.shared_reads = 0
+        self.gap: LogGap | None = None  # set while this follower's cursor is before the trimmed range
         self._last_read_started = 0  # time.monotonic_ns() when the latest catch-up read began
+
+    @property
+    def cursor(self) -> str | None:
+        """The seq of the last record read; setting it (after a reload from a snapshot) clears `gap`."""
+        return self._cursor
+
+    @cursor.setter
+    def cursor(self, value: str | None) -> None:
+        self._cursor, self.gap = value, None
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while records are read and applied: hold it to swap what `apply` writes to."""
+        return self._lock
+
+    @property
+    def records_read(self) -> int:
+        """Records handed to `apply`, applied or not (a snapshot counts the records it folds in)."""
+        return self.applied + self.apply_errors
 
     def _apply_all(self, records: list[Record], *, skip_own: bool) -> int:
         n = 0
@@ -62,11 +89,11 @@ class LogFollower:
         with self._lock:
             total = 0
             while True:
-                records, cursor = self.store.read_since(self.cursor, limit=self.page)
+                records, cursor = self.store.read_since(self._cursor, limit=self.page)
                 if not records:
                     return total
                 total += self._apply_all(records, skip_own=False)
-                self.cursor = cursor
+                self._cursor = cursor
 
     def catch_up(self) -> int:
         """Apply what other workers appended since the last call; -1 when the backend is unreachable."""
@@ -80,17 +107,32 @@ class LogFollower:
             total = 0
             while True:
                 try:
-                    records, cursor = self.store.read_since(self.cursor, limit=self.page)
+                    records, cursor = self.store.read_since(self._cursor, limit=self.page)
                 except StateUnavailable:
                     self.read_errors += 1
                     self._last_read_started = 0  # a failed read covers nobody: queued requests try again
                     return -1
+                except LogGap as gap:
+                    self._last_read_started = 0
+                    self._gap(gap)
+                    return -1
                 if not records:
                     return total
                 total += self._apply_all(records, skip_own=True)
-                self.cursor = cursor
+                self._cursor = cursor
                 if len(records) < self.page:
                     return total
+
+    def _gap(self, gap: LogGap) -> None:
+        if self.gap is None:
+            self.gaps += 1
+            log.warning("%s", gap)
+        self.gap = gap
+        if self.on_gap is not None:
+            try:
+                self.on_gap(gap)
+            except Exception:  # the owner's recovery failing to start must not fail the request
+                log.exception("the log-gap handler failed")
 
     def write(self, records: list[Record]) -> list[str]:
         """Append (durable and visible to every worker on return), then apply here. Returns the seqs."""

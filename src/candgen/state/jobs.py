@@ -1,4 +1,5 @@
-"""Background jobs on the state: the L3 refresher, which precomputes candidate lists for the most active users.
+"""Background jobs on the state: the L3 refresher, which precomputes candidate lists for the most active users,
+and the snapshot job, which folds the shared log into snapshots (candgen.snapshot) and trims it.
 
     refresher = L3Refresher(store=store, compute=engine_list_bytes, config=cfg.cache).start()
     refresher.note_activity("u42")        # the engine, on every request or event of a user
@@ -124,3 +125,57 @@ class L3Refresher:
             tracked = len(self._activity)
         return {"rounds": self.rounds, "refreshed": self.refreshed, "errors": self.errors,
                 "skipped_rounds": self.skipped_rounds, "tracked_users": tracked}
+
+
+class SnapshotJob:
+    """A daemon thread that snapshots the shared log: every `check_s` seconds, when `due()` says so, it calls
+    `take()` (which holds the snapshot lease itself, so one worker at a time snapshots; it returns None when
+    another worker holds it). `run_once()` does one check now.
+
+    Exceptions from `due` or `take` are logged and counted in `errors` and never stop the thread.
+    """
+
+    def __init__(self, *, due: Callable[[], bool], take: Callable[[], object | None], check_s: float) -> None:
+        if not check_s > 0:
+            raise CandgenError(f"state.snapshot_check_s must be > 0 seconds, got {check_s}")
+        self.due, self.take, self.check_s = due, take, check_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.checks = self.taken = self.busy = self.errors = 0
+
+    def run_once(self) -> bool:
+        """One check; True when this call took a snapshot."""
+        self.checks += 1
+        if not self.due():
+            return False
+        if self.take() is None:
+            self.busy += 1
+            return False
+        self.taken += 1
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_s):
+            try:
+                self.run_once()
+            except Exception:  # a failing store or a bad snapshot must not end the thread: try again later
+                self.errors += 1
+                log.exception("snapshot job failed")
+
+    def start(self) -> SnapshotJob:
+        if self._thread is not None:
+            raise CandgenError("the snapshot job is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="candgen-snapshot", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to stop and wait for it (up to `timeout_s`; a snapshot in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def stats(self) -> dict[str, int]:
+        return {"checks": self.checks, "taken": self.taken, "busy": self.busy, "errors": self.errors}
