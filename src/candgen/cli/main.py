@@ -20,6 +20,7 @@ from candgen.cli import train_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import recommend_cmds  # noqa: F401, E402  isort: skip
 from candgen.cli import demo  # noqa: F401, E402  isort: skip
 from candgen.cli import bench_cmds  # noqa: F401, E402  isort: skip
+from candgen.cli import state_cmds  # noqa: F401, E402  isort: skip
 
 try:  # typer >= 0.16 vendors its own click; usage errors come from there
     from typer._click.exceptions import ClickException as _TyperClickException
