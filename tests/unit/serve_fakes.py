@@ -40,6 +40,8 @@ class FakeEngine:
         self.fail_with: Exception | None = None  # raised by the next candidates() call
         self.calls = 0
         self.closed = False
+        self.snapshots: list[Any] = []  # candgen.snapshot.SnapshotMeta of every snapshot "taken"
+        self.snapshot_busy = False  # another worker holds the snapshot lease
         self._lock = threading.Lock()
 
     # --- reads --------------------------------------------------------------------------------------
@@ -140,6 +142,24 @@ class FakeEngine:
             self.model_version = f"v{int(self.model_version[1:]) + 1}"
             self.l1.clear()
             return self.model_version
+
+    def snapshot(self) -> Any:
+        """A snapshot of the events so far (a seq per event); nothing new since the last one: meta None."""
+        from candgen.serve.protocol import EngineOverloadedError
+        from candgen.snapshot import SnapshotMeta, SnapshotResult
+
+        with self._lock:
+            if self.snapshot_busy:
+                raise EngineOverloadedError("another worker is taking a snapshot of the state log; retry later")
+            n, base = len(self.events), (self.snapshots[-1] if self.snapshots else None)
+            done = base.records if base is not None else 0
+            if base is not None and n == done:
+                return SnapshotResult(meta=None, base=base, replayed=0, trimmed=0, seconds={})
+            meta = SnapshotMeta(key="f" * 16, generation=len(self.snapshots) + 1, seq=str(n), records=n,
+                                created_at=time.time(), model_version=self.model_version, size=100 * n, sha256="",
+                                worker="fake")
+            self.snapshots.append(meta)
+            return SnapshotResult(meta=meta, base=base, replayed=n - done, trimmed=done, seconds={})
 
     def stats(self) -> dict[str, Any]:
         return {"index_size": len(self.items) - len(self.deleted), "users": len(self.users),

@@ -114,13 +114,31 @@ def test_reload_swaps_the_model_version(client: TestClient, tmp_path) -> None:
     assert client.get("/readyz").json() == {"status": "ready", "model_version": "v3"}
 
 
+def test_admin_snapshot_reports_what_was_written(client: TestClient, engine: FakeEngine) -> None:
+    assert client.post("/v1/events", json={"events": [{"user_id": "a", "item_id": "i1", "event": "view"}] * 3}
+                       ).status_code == 202
+    r = client.post("/v1/admin/snapshot")
+    body = r.json()
+    assert r.status_code == 200 and body["snapshot"] == "snapshot-" + "f" * 16 + "-0000000001"
+    assert (body["seq"], body["records"], body["bytes"], body["replayed"], body["trimmed"]) == ("3", 3, 300, 3, 0)
+    again = client.post("/v1/admin/snapshot").json()  # nothing new: the newest one is reported, none written
+    assert (again["snapshot"], again["seq"], again["records"], again["bytes"]) == (None, "3", 3, 0)
+    engine.snapshot_busy = True
+    busy = client.post("/v1/admin/snapshot")
+    assert busy.status_code == 503 and "another worker" in busy.json()["error"]["message"]
+    engine.snapshot = None  # type: ignore[assignment,method-assign]  # an engine without a state log
+    r = client.post("/v1/admin/snapshot")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_supported"
+
+
 def test_health_ready_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/candidates", "/v1/candidates/{user_id}", "/v1/events", "/v1/items", "/v1/items/{item_id}",
-            "/v1/users/{user_id}", "/v1/items/{item_id}/similar", "/v1/admin/reload", "/healthz", "/readyz",
+            "/v1/users/{user_id}", "/v1/items/{item_id}/similar", "/v1/admin/reload", "/v1/admin/snapshot",
+            "/healthz", "/readyz",
             "/metrics"} <= set(paths)
     error_schema = paths["/v1/candidates"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
     assert error_schema["$ref"].endswith("/ErrorBody")

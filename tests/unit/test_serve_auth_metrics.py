@@ -18,6 +18,7 @@ WRITES = [
     ("put", "/v1/users/u1", {"interests": ["t1"]}, 200),
     ("delete", "/v1/items/i2", None, 204),
     ("post", "/v1/admin/reload", None, 200),
+    ("post", "/v1/admin/snapshot", None, 200),
 ]
 
 

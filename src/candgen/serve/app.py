@@ -363,6 +363,22 @@ def create_app(
         metrics.set_model_version(version)
         return s.ReloadResponse(model_version=version)
 
+    @app.post("/v1/admin/snapshot", response_model=s.SnapshotResponse, responses=_WRITE_ERRORS, dependencies=write,
+              tags=["admin"])
+    async def snapshot(request: Request) -> s.SnapshotResponse:
+        """Fold the shared write log into a snapshot of the serving artifacts now and trim the log (the
+        background job's work, on demand); 503 while another worker takes one."""
+        eng = slot.ready()
+        take = getattr(eng, "snapshot", None)
+        if take is None:
+            raise ApiError(422, "not_supported", "this engine keeps no state log to snapshot")
+        res = await call(take, thread=True)
+        meta = res.meta if res.meta is not None else res.base
+        return s.SnapshotResponse(
+            snapshot=res.meta.name if res.meta is not None else None, seq=meta.seq if meta is not None else None,
+            records=meta.records if meta is not None else 0, bytes=res.meta.size if res.meta is not None else 0,
+            replayed=res.replayed, trimmed=res.trimmed, took_ms=_took_ms(request))
+
     # --- operations -------------------------------------------------------------------------------------
 
     @app.get("/healthz", response_model=s.Health, response_model_exclude_none=True, tags=["operations"])

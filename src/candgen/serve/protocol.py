@@ -105,7 +105,9 @@ class Engine(Protocol):
     Thread-safety: the app calls `candidates`, `similar` and the write methods from several worker
     threads at once, so an engine must be safe for concurrent calls (or lock internally). `reload` is
     never called concurrently with itself. An optional `close()` method, if present, is called once at
-    shutdown (SIGTERM) so that the engine can flush its journal.
+    shutdown (SIGTERM) so that the engine can flush its journal. An optional `snapshot()` method serves
+    `POST /v1/admin/snapshot`: it returns a `candgen.snapshot.SnapshotResult` and raises
+    `EngineOverloadedError` while another worker takes one.
     """
 
     @property

@@ -154,6 +154,16 @@ class ReloadResponse(BaseModel):
     model_version: str
 
 
+class SnapshotResponse(BaseModel):
+    snapshot: str | None = Field(description="the snapshot written; null when nothing was new since the last one")
+    seq: str | None = Field(description="the last log record the newest snapshot holds")
+    records: int = Field(description="log records folded into the newest snapshot")
+    bytes: int = Field(description="size of the snapshot written (0 when none was)")
+    replayed: int = Field(description="records replayed after the previous snapshot to build it")
+    trimmed: int = Field(description="records trimmed off the log")
+    took_ms: float
+
+
 # --- health and errors ------------------------------------------------------------------------------
 
 class Health(BaseModel):
