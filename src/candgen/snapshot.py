@@ -41,7 +41,7 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -182,26 +182,32 @@ def decode(blob: bytes, meta: SnapshotMeta) -> Snapshot:
 
 
 def restore(rt: Runtime, snap: Snapshot) -> None:
-    """Make a freshly loaded `rt` what the log made of it up to `snap.meta.seq`."""
+    """Make a freshly loaded `rt` what the log made of it up to `snap.meta.seq`. Everything is checked before
+    anything changes: a SnapshotError leaves `rt` as it was."""
     if snap.meta.key != artifacts_key(rt):
         raise SnapshotError(f"snapshot {snap.meta.name} is for other artifacts")
     r = snap.runtime
     users = rt.dataset.users
     if len(users) != rt.base_users or r["base_users"] != rt.base_users or rt.catalog_writes or rt.written:
         raise SnapshotError("a snapshot is restored onto freshly loaded artifacts only")
-    if snap.index_vectors.ndim != 2 or snap.index_vectors.shape != (len(snap.index_ids), rt.index.dim):
-        raise SnapshotError(f"snapshot {snap.meta.name}: index vectors of shape {snap.index_vectors.shape}, "
-                            f"expected ({len(snap.index_ids)}, {rt.index.dim})")
-    for uid in r["users"]:
+    added = [str(u) for u in r["users"]]
+    if len(set(added)) != len(added) or any(u in users for u in added):
+        raise SnapshotError(f"snapshot {snap.meta.name}: its users repeat each other or the artifacts' users")
+    vectors = np.ascontiguousarray(snap.index_vectors, np.float32)
+    if vectors.ndim != 2 or vectors.shape != (len(snap.index_ids), rt.index.dim) or not np.isfinite(vectors).all():
+        raise SnapshotError(f"snapshot {snap.meta.name}: index vectors of shape {vectors.shape} (expected "
+                            f"({len(snap.index_ids)}, {rt.index.dim}), finite)")
+    n_items = snap.state.catalog.n_items
+    for ids in (snap.index_ids, snap.removed):
+        if len(ids) and not (int(ids.min()) >= 0 and int(ids.max()) < n_items):
+            raise SnapshotError(f"snapshot {snap.meta.name}: index ids outside its catalog of {n_items} items")
+    for uid in added:
         users.add(uid)
-    if len(users) != rt.base_users + len(r["users"]):
-        raise SnapshotError(f"snapshot {snap.meta.name}: its users repeat the artifacts' users")
     rt.replace_state(snap.state)
     rt.profiles = {u: Profile(attributes=dict(a), interests=list(i), friends=list(f))
                    for u, (a, i, f) in r["profiles"].items()}
     rt.activity_counts = {str(u): int(n) for u, n in r["activity_counts"].items()}
     rt.catalog_writes = int(r["catalog_writes"])
-    vectors = np.ascontiguousarray(snap.index_vectors, np.float32)
     rt.written = {int(i): vectors[j] for j, i in enumerate(snap.index_ids.tolist())}
     if len(snap.index_ids):
         rt.index.add(vectors, snap.index_ids.astype(np.int64))
@@ -227,20 +233,26 @@ def list_snapshots(store: StateStore, key: str | None = None) -> list[SnapshotMe
     return sorted(out, key=lambda m: (m.key, m.generation))
 
 
-def load_newest(store: StateStore, key: str) -> Snapshot | None:
-    """The newest snapshot of these artifacts that decodes; older ones are tried when a newer one is corrupt.
+def newest_first(store: StateStore, key: str) -> Iterator[Snapshot]:
+    """The snapshots of these artifacts that decode, newest first (a corrupt one is logged and skipped).
     An unreachable store raises `StateUnavailable` (no silent fallback to an older state)."""
     for meta in reversed(list_snapshots(store, key)):
         try:
             blob = store.get_blob(meta.name + ".zip")
             if blob is None:
                 raise SnapshotError(f"snapshot {meta.name} has metadata but no data")
-            return decode(blob, meta)
+            snap = decode(blob, meta)
         except StateUnavailable:
             raise
         except CandgenError as e:
             log.warning("snapshot %s is unusable (%s); trying an older one", meta.name, e)
-    return None
+            continue
+        yield snap
+
+
+def load_newest(store: StateStore, key: str) -> Snapshot | None:
+    """The newest snapshot of these artifacts that decodes, or None."""
+    return next(newest_first(store, key), None)
 
 
 def write_snapshot(store: StateStore, rt: Runtime, *, seq: str, records: int) -> SnapshotMeta:
@@ -318,9 +330,15 @@ def replay_onto(rt: Runtime, store: StateStore, follower: LogFollower) -> Replay
     after it through `follower` (whose `apply` writes to `rt`); the whole log when there is none.
     `LogGap` propagates when a trim overtakes the replay: start again with a fresh runtime."""
     t0 = time.perf_counter()
-    snap = load_newest(store, artifacts_key(rt))
-    if snap is not None:
-        restore(rt, snap)
+    snap = None
+    for candidate in newest_first(store, artifacts_key(rt)):
+        try:
+            restore(rt, candidate)
+        except SnapshotError as e:  # nothing was changed: try an older one
+            log.warning("snapshot %s cannot be restored (%s); trying an older one", candidate.meta.name, e)
+            continue
+        snap = candidate
+        break
     with follower.lock:
         follower.cursor = snap.meta.seq if snap is not None else None
     before = follower.records_read

@@ -335,3 +335,44 @@ def test_cli_state_snapshot_and_info(world, tmp_path, capsys) -> None:
         with pytest.raises(SystemExit) as done:
             main(["state", "snapshot", str(art), "--state", url])
         assert done.value.code == 2 and "another worker" in capsys.readouterr().err
+
+
+def test_a_snapshot_that_does_not_fit_is_skipped_and_changes_nothing(world, tmp_path) -> None:
+    """A snapshot that decodes but contradicts the artifacts (here: users it claims the log added are the
+    artifacts' own) is refused before anything changes, and the start falls back to the log."""
+    import dataclasses
+    import hashlib
+    import io
+    import json
+    import zipfile
+
+    art, users, _ = world
+    url = f"sqlite:///{tmp_path}/j.db"
+    e = open_engine(art, url)
+    try:
+        write_batch(e, world, "a")
+        meta = e.snapshot().meta
+        expected = answers(e, world, ["a"])
+    finally:
+        e.close()
+    assert meta is not None
+    blobs = tmp_path / "j.db-blobs"
+    src = zipfile.ZipFile(io.BytesIO((blobs / f"{meta.name}.zip").read_bytes()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "runtime.json":
+                runtime = json.loads(data)
+                runtime["users"] = [users[0]] + runtime["users"]
+                data = json.dumps(runtime).encode()
+            z.writestr(name, data)
+    bad = buf.getvalue()
+    forged = dataclasses.replace(meta, size=len(bad), sha256=hashlib.sha256(bad).hexdigest())
+    (blobs / f"{meta.name}.zip").write_bytes(bad)
+    (blobs / f"{meta.name}.json").write_bytes(forged.to_json())
+    again = open_engine(art, url)
+    try:
+        assert again.replayed.snapshot is None and answers(again, world, ["a"]) == expected
+    finally:
+        again.close()
