@@ -141,13 +141,21 @@ class Engine:
     def open(art: str | Path, *, state_url: str | None = None, config: Config | None = None,
              deadlines: bool = True, durable: bool = True) -> Engine:
         """Load artifacts and attach the state store (`None`: the embedded journal beside the artifacts;
-        `durable=False`: no store at all, for offline work)."""
-        rt = Runtime.load(art, config=config)
-        store = None
-        if durable:
-            from candgen.state import open_state
+        `durable=False`: no store at all, for offline work). With a store, the artifacts are loaded restored
+        from their newest snapshot in it, and only the log after it is replayed."""
+        if not durable:
+            return Engine(Runtime.load(art, config=config), store=None, deadlines=deadlines)
+        from candgen.artifacts import Manifest
+        from candgen.snapshot import load_runtime
+        from candgen.state import open_state
 
-            store = open_state(state_url, art_dir=art, cache_config=rt.config.cache)
+        cfg = config if config is not None else Config.from_dict(Manifest.read(art).config)
+        store = open_state(state_url, art_dir=art, cache_config=cfg.cache)
+        try:
+            rt = load_runtime(art, store, config=config)
+        except BaseException:
+            store.close()
+            raise
         return Engine(rt, store=store, deadlines=deadlines)
 
     @staticmethod
@@ -233,7 +241,7 @@ class Engine:
     def _replay(self, rt: Runtime) -> None:
         """Start-up: the newest snapshot of these artifacts and the log after it (the whole log without one),
         then follow the log for the serving runtime."""
-        from candgen.snapshot import replay_fresh
+        from candgen.snapshot import load_runtime, replay_fresh
         from candgen.state.follow import LogFollower
 
         store = self.store
@@ -248,7 +256,7 @@ class Engine:
             if rt.art is None:
                 raise CandgenError("the state log was trimmed during the start-up replay of a runtime that has no "
                                    "artifacts directory to load again")
-            fresh = Runtime.load(rt.art, config=rt.config)
+            fresh = load_runtime(rt.art, store, config=rt.config)
             self._swap(fresh)
             return fresh
 
@@ -385,17 +393,17 @@ class Engine:
 
     def _reload_from(self, art: str | Path, *, config: Config | None, clear_caches: bool) -> str:
         with self._reload_lock:
-            def load() -> Runtime:
-                return Runtime.load(art, config=config)
-
             if self.store is None:
-                rt = load()
+                rt = Runtime.load(art, config=config)
                 self._swap(rt)
             else:
-                from candgen.snapshot import replay_fresh
+                from candgen.snapshot import load_runtime, replay_fresh
                 from candgen.state.follow import LogFollower
 
                 store, worker = self.store, self.store.worker_id
+
+                def load() -> Runtime:
+                    return load_runtime(art, store, config=config)
 
                 def follower_for(target: Runtime) -> LogFollower:
                     return LogFollower(store, lambda r: self._apply(target, r.kind, r.data, own=r.origin == worker))

@@ -54,6 +54,7 @@ class Runtime:
         self.written: dict[int, np.ndarray] = {}
         self.catalog_writes = 0
         self.base_users = len(dataset.users)  # users known to the artifacts; the log adds the others
+        self.restored: Any = None  # the snapshot (candgen.snapshot.SnapshotMeta) this state was restored from
         self._lock = threading.RLock()  # serialises writes; reads go through the structures' own locks
 
     def use_encoder(self, encoder: Any) -> None:
@@ -79,8 +80,10 @@ class Runtime:
         return self.manifest.model_version
 
     @staticmethod
-    def load(art: str | Path, *, config: Config | None = None, mmap: bool = True) -> Runtime:
-        """Open an artifacts directory written by `candgen train` (vectors and index memory-mapped)."""
+    def load(art: str | Path, *, config: Config | None = None, mmap: bool = True,
+             state: SourceState | None = None) -> Runtime:
+        """Open an artifacts directory written by `candgen train` (vectors and index memory-mapped); `state`:
+        source state to use instead of the artifacts' own (a snapshot's, `candgen.snapshot.load_runtime`)."""
         from candgen.index.registry import load_index
         from candgen.model.export import TwoTowerModel
 
@@ -96,7 +99,8 @@ class Runtime:
                 from candgen.index.layered import LayeredIndex
 
                 index = LayeredIndex(index)
-            state = load_state(art / "state")
+            if state is None:
+                state = load_state(art / "state")
         except FileNotFoundError as e:
             raise CandgenError(f"{art} is incomplete: {e}") from None
         return Runtime(config=cfg, manifest=manifest, dataset=dataset, model=model, item_vectors=vectors,

@@ -6,8 +6,8 @@ every record to its `Runtime`. Without snapshots a start or a reload replays the
 
     res = take_snapshot("art", store)          # load the newest snapshot, replay the log after it, write
                                                # a new one, trim the log up to the one before it
-    rt = Runtime.load("art")
-    info = replay_onto(rt, store, follower)    # a start: the newest valid snapshot, then only the tail
+    rt = load_runtime("art", store)            # a start: the artifacts restored from their newest snapshot
+    info = replay_onto(rt, store, follower)    # then only the log after it
 
 A snapshot is everything `Runtime.apply` changes: the source state (catalog additions and deletions,
 recent activity and seen/hidden sets, trending and popularity counters, social edges, tag index, bandit;
@@ -188,7 +188,8 @@ def restore(rt: Runtime, snap: Snapshot) -> None:
         raise SnapshotError(f"snapshot {snap.meta.name} is for other artifacts")
     r = snap.runtime
     users = rt.dataset.users
-    if len(users) != rt.base_users or r["base_users"] != rt.base_users or rt.catalog_writes or rt.written:
+    if (len(users) != rt.base_users or r["base_users"] != rt.base_users or rt.catalog_writes or rt.written
+            or rt.restored is not None):
         raise SnapshotError("a snapshot is restored onto freshly loaded artifacts only")
     added = [str(u) for u in r["users"]]
     if len(set(added)) != len(added) or any(u in users for u in added):
@@ -213,6 +214,23 @@ def restore(rt: Runtime, snap: Snapshot) -> None:
         rt.index.add(vectors, snap.index_ids.astype(np.int64))
     if len(snap.removed):
         rt.index.remove(snap.removed.astype(np.int64))
+    rt.restored = snap.meta
+
+
+def load_runtime(art: str | Path, store: StateStore, *, config: Config | None = None) -> Runtime:
+    """`Runtime.load(art)` restored from the newest usable snapshot of these artifacts in `store`, loading the
+    snapshot's source state instead of the artifacts' own (one load, not two); `rt.restored` says which
+    (None: no usable snapshot, the plain artifacts)."""
+    manifest = Manifest.read(art)
+    key = key_of(manifest, config if config is not None else Config.from_dict(manifest.config))
+    for snap in newest_first(store, key):
+        rt = Runtime.load(art, config=config, state=snap.state)
+        try:
+            restore(rt, snap)
+            return rt
+        except SnapshotError as e:
+            log.warning("snapshot %s cannot be restored (%s); trying an older one", snap.meta.name, e)
+    return Runtime.load(art, config=config)
 
 
 # -- the snapshots in a store --------------------------------------------------------------------------
@@ -326,21 +344,21 @@ class Replayed:
 
 
 def replay_onto(rt: Runtime, store: StateStore, follower: LogFollower) -> Replayed:
-    """Restore the newest valid snapshot of `rt`'s artifacts (a freshly loaded runtime), then replay the log
-    after it through `follower` (whose `apply` writes to `rt`); the whole log when there is none.
-    `LogGap` propagates when a trim overtakes the replay: start again with a fresh runtime."""
+    """Replay the log after the snapshot `rt` was restored from (`load_runtime`) through `follower` (whose
+    `apply` writes to `rt`). A freshly loaded `rt` that was not is restored here from the newest usable
+    snapshot first; without one the whole log is replayed. `LogGap` propagates when a trim overtakes the
+    replay: start again with a fresh runtime."""
     t0 = time.perf_counter()
-    snap = None
-    for candidate in newest_first(store, artifacts_key(rt)):
-        try:
-            restore(rt, candidate)
-        except SnapshotError as e:  # nothing was changed: try an older one
-            log.warning("snapshot %s cannot be restored (%s); trying an older one", candidate.meta.name, e)
-            continue
-        snap = candidate
-        break
+    if rt.restored is None:
+        for candidate in newest_first(store, artifacts_key(rt)):
+            try:
+                restore(rt, candidate)
+                break
+            except SnapshotError as e:  # nothing was changed: try an older one
+                log.warning("snapshot %s cannot be restored (%s); trying an older one", candidate.meta.name, e)
+    snap: SnapshotMeta | None = rt.restored
     with follower.lock:
-        follower.cursor = snap.meta.seq if snap is not None else None
+        follower.cursor = snap.seq if snap is not None else None
     before = follower.records_read
     follower.replay()
     missing = None
@@ -348,8 +366,8 @@ def replay_onto(rt: Runtime, store: StateStore, follower: LogFollower) -> Replay
         missing = mark
         log.warning("the state log was trimmed up to %s and no snapshot of these artifacts (model %s) covers it: "
                     "the records up to it are not applied here", mark, rt.model_version)
-    return Replayed(snapshot=snap.meta if snap is not None else None, records=follower.records_read - before,
-                    seconds=time.perf_counter() - t0, missing_upto=missing)
+    return Replayed(snapshot=snap, records=follower.records_read - before, seconds=time.perf_counter() - t0,
+                    missing_upto=missing)
 
 
 def replay_fresh(load: Callable[[], Runtime], store: StateStore, follower_for: Callable[[Runtime], LogFollower],
@@ -389,7 +407,7 @@ def take_snapshot(art: str | Path, store: StateStore, *, config: Config | None =
     t0 = time.perf_counter()
 
     def load() -> Runtime:
-        return Runtime.load(art, config=config)
+        return load_runtime(art, store, config=config)
 
     def follower_for(rt: Runtime) -> LogFollower:
         def apply(r: Record) -> None:
