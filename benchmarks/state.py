@@ -3,7 +3,9 @@
 For each backend (memory, SQLite with synchronous=NORMAL (the default) and FULL on the local disk, Redis
 on 127.0.0.1 db 14 under a throwaway prefix), on a log already holding 10k records: the replay of that log
 (per record: what a restarting worker pays), `read_since` with nothing new (the catch-up every worker does
-at the start of every request), `append` of 1 and of 100 records, and cache `get` (hit), `get` (miss) and
+at the start of every request; it also checks the trim mark, so a cursor from before a trim raises
+`LogGap`), the same read without that check (the plain query the backends ran before snapshots: the
+check's cost is the difference), `append` of 1 and of 100 records, and cache `get` (hit), `get` (miss) and
 `set` of an 8 KB value (1000 int64 candidate ids) in L1.
 
     .venv/bin/python benchmarks/state.py              # about 30 s
@@ -25,6 +27,7 @@ import numpy as np
 
 from candgen.state import Record, StateStore, open_state
 from candgen.state.redis import RedisStore
+from candgen.state.sqlite import _READ, SQLiteStore
 
 
 def timed(fn: Callable[[], object], n: int) -> tuple[float, float]:
@@ -63,15 +66,28 @@ def bench(store: StateStore, *, reps: int) -> dict[str, tuple[float, float]]:
                 return
 
     med, p99 = timed(replay, 5)
+    store.trim(str(int(cursor) - 5000) if cursor and "-" not in cursor else "0-1")  # a trim mark to check
     return {
         "replay, per record": (med / n_log, p99 / n_log),
         "read_since, nothing new": timed(lambda: store.read_since(cursor), reps),
+        "same, no trim check": timed(unchecked_read(store, cursor), reps),
         "append 1 record": timed(lambda: store.append(one), n_append),
         "append 100 records": timed(lambda: store.append(hundred), max(20, n_append // 4)),
         "cache get, hit (8 KB)": timed(lambda: l1.get("hit"), reps),
         "cache get, miss": timed(lambda: l1.get("nope"), reps),
         "cache set (8 KB)": timed(lambda: l1.set("k", value, ttl_s=600), reps),
     }
+
+
+def unchecked_read(store: StateStore, cursor: str | None) -> Callable[[], object]:
+    """The catch-up read as the backends ran it before trim marks: the plain query, no LogGap check."""
+    if isinstance(store, SQLiteStore):
+        conn = store._conn()
+        return lambda: conn.execute(_READ, (int(cursor or 0), 10_000)).fetchall()
+    if isinstance(store, RedisStore):
+        r = store._r
+        return lambda: r.xrange(f"{store.tag}:log", min="(" + (cursor or "0-0"), max="+", count=10_000)
+    return lambda: store.read_since(cursor)  # memory: the check is a comparison of two ints either way
 
 
 def main() -> None:
