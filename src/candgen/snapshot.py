@@ -422,7 +422,7 @@ def take_snapshot(art: str | Path, store: StateStore, *, config: Config | None =
                             f"(model {rt.model_version}) covers it: an exact snapshot cannot be built")
     seconds = {"load_and_replay": t_replay - t0}
     base = rep.snapshot
-    if follower.cursor is None or (base is not None and follower.cursor == base.seq):
+    if rep.records == 0 or follower.cursor is None:  # nothing since the newest snapshot (or an empty log)
         return SnapshotResult(meta=None, base=base, replayed=rep.records, trimmed=0, seconds=seconds)
     records = (base.records if base is not None else 0) + rep.records
     meta = write_snapshot(store, rt, seq=follower.cursor, records=records)

@@ -179,6 +179,16 @@ class StateStoreContract:
         a.trim(seqs[0])  # an older trim point never lowers the mark
         assert a.trimmed_upto() == seqs[2]
 
+    def test_the_origin_cursor_reads_everything_until_a_trim(self, opener: Opener) -> None:
+        a = opener()
+        origin = a.origin_cursor()
+        assert a.read_since(origin) == ([], origin)
+        seqs = a.append(events(3))
+        assert [r.seq for r in a.read_since(origin)[0]] == seqs and a.seq_key(origin) < a.seq_key(seqs[0])
+        a.trim(seqs[0])
+        with pytest.raises(LogGap):  # unlike None, which reads what is left
+            a.read_since(origin)
+
     def test_trimming_past_the_newest_record_marks_only_what_exists(self, opener: Opener) -> None:
         a = opener()
         assert a.trim(beyond("1-0" if a.url.startswith("redis") else "1")) == 0  # empty log: nothing to mark

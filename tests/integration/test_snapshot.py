@@ -18,6 +18,7 @@ from candgen.config import Config
 from candgen.data.io import load_dataset
 from candgen.data.synthetic import generate_world
 from candgen.engine import Engine
+from candgen.errors import CandgenError
 from candgen.pipeline import train_artifacts
 from candgen.serve.protocol import EngineOverloadedError, EventIn, ItemIn, UserProfileIn
 from candgen.snapshot import (
@@ -27,7 +28,7 @@ from candgen.snapshot import (
     replay_onto,
     take_snapshot,
 )
-from candgen.state import open_state
+from candgen.state import Record, open_state
 from candgen.state.follow import LogFollower
 from candgen.state.memory import forget
 from candgen.types import Request
@@ -376,3 +377,104 @@ def test_a_snapshot_that_does_not_fit_is_skipped_and_changes_nothing(world, tmp_
         assert again.replayed.snapshot is None and answers(again, world, ["a"]) == expected
     finally:
         again.close()
+
+
+def test_restore_refuses_snapshots_that_do_not_fit_before_changing_anything(world, tmp_path) -> None:
+    import dataclasses
+
+    from candgen.runtime import Runtime
+    from candgen.snapshot import load_newest, restore
+
+    art = world[0]
+    e = open_engine(art, f"sqlite:///{tmp_path}/j.db")
+    try:
+        write_batch(e, world, "a")
+        e.snapshot()
+        assert e.store is not None
+        snap = load_newest(e.store, artifacts_key(e.rt))
+    finally:
+        e.close()
+    assert snap is not None and len(snap.index_ids)
+    bad_vectors = snap.index_vectors.copy()
+    bad_vectors[0, 0] = np.nan
+    for bad, words in [
+        (dataclasses.replace(snap, index_vectors=snap.index_vectors[:, :3]), "index vectors"),
+        (dataclasses.replace(snap, index_vectors=bad_vectors), "finite"),
+        (dataclasses.replace(snap, removed=np.array([10**9])), "outside its catalog"),
+    ]:
+        rt = Runtime.load(art)
+        n_users, index_size = len(rt.dataset.users), len(rt.index)
+        with pytest.raises(SnapshotError, match=words):
+            restore(rt, bad)
+        assert (len(rt.dataset.users), len(rt.index), rt.restored) == (n_users, index_size, None)
+
+
+def test_a_replay_overtaken_by_a_trim_starts_again(world, tmp_path) -> None:
+    from candgen.runtime import Runtime
+    from candgen.snapshot import replay_fresh
+
+    art = world[0]
+    url = f"sqlite:///{tmp_path}/j.db"
+    e = open_engine(art, url)
+    try:
+        n = write_batch(e, world, "a")
+    finally:
+        e.close()
+    with open_state(url) as store:
+        loads: list[Runtime] = []
+
+        def load() -> Runtime:
+            loads.append(Runtime.load(art))
+            return loads[-1]
+
+        class Trims:  # a snapshotter trims the log past the first page of each of the first `n` replays
+            def __init__(self, n: int) -> None:
+                self.n = n
+
+            def __call__(self, rt: Runtime) -> LogFollower:
+                attempt, applied = len(loads), [0]
+
+                def apply(r: Record) -> None:
+                    rt.apply(r.kind, r.data)
+                    applied[0] += 1
+                    if attempt <= self.n and applied[0] == 5:  # the last record of the first page of 5
+                        store.trim(str(int(r.seq) + 3))
+
+                return LogFollower(store, apply, page=5)
+
+        rt, follower, rep = replay_fresh(load, store, Trims(1))
+        assert len(loads) == 2 and rt is loads[-1]  # started again on a fresh runtime
+        assert rep.missing_upto == store.trimmed_upto() and rep.records == n - 8  # what was left of the log
+        with pytest.raises(CandgenError, match="trimmed during 3 replays"):
+            replay_fresh(load, store, Trims(99))
+
+
+def test_engine_error_paths_around_snapshots(world, tmp_path, caplog) -> None:
+    art = world[0]
+    offline = Engine.load(art)
+    with pytest.raises(CandgenError, match="nothing to snapshot"):
+        offline.snapshot()
+    url = f"sqlite:///{tmp_path}/j.db"
+    a, b = open_engine(art, url), open_engine(art, url)
+    try:
+        b.rt.art = None  # a runtime built in memory: nothing to reload from
+        for tag in ("a", "b", "c"):
+            write_batch(a, world, tag)
+            a.snapshot()
+        b.catch_up()
+        assert b._recovery is not None
+        b._recovery.join(30)
+        assert b.gap_recoveries == 0 and "no artifacts directory" in caplog.text
+        b.rt.art = art
+
+        def broken(*args: object, **kwargs: object) -> str:
+            raise OSError("disk full")
+
+        b._reload_from = broken  # type: ignore[method-assign]
+        b.catch_up()  # the gap is still there: a new recovery starts, and fails, logged
+        b._recovery.join(30)
+        assert b.gap_recoveries == 0 and "could not reload from the newest snapshot" in caplog.text
+        assert b.follower.gap is not None  # still behind: the next request tries again
+    finally:
+        a.close()
+        b.close()

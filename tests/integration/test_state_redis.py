@@ -184,3 +184,39 @@ def test_the_redis_fixture_fails_under_ci_and_skips_otherwise(ci: str, outcome: 
                           env=env, capture_output=True, text=True, timeout=120)
     assert outcome in done.stdout, done.stdout[-2000:]
     assert "unreachable" in done.stdout
+
+
+def test_blob_lease_and_trim_calls_during_an_outage() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", prefix="down")
+    for call in (lambda: store.put_blob("b", b"x"), lambda: store.get_blob("b"), lambda: store.list_blobs(),
+                 lambda: store.delete_blob("b"), store.trimmed_upto, store.appended, lambda: store.trim("1-0"),
+                 lambda: store.read_since("1-0")):
+        with pytest.raises(StateUnavailable):
+            call()
+    assert store.try_log_lease("snapshot", ttl_s=1) is False
+    store.release_log_lease("snapshot")  # quiet: the lease expires by itself
+
+
+def test_a_blob_missing_a_chunk_is_an_error_not_short_bytes(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import candgen.state.redis as backend
+
+    monkeypatch.setattr(backend, "BLOB_CHUNK", 4)  # many small chunks
+    store = open_state(redis_url)
+    assert isinstance(store, RedisStore)
+    store.put_blob("snap", b"0123456789")
+    head = f"{store.tag}:blob:snap"
+    r = redis.Redis.from_url(redis_url.split("?")[0])
+    bid = r.hget(head, "id").decode()
+    r.delete(f"{head}:{bid}:1")
+    with pytest.raises(CandgenError, match="incomplete"):
+        store.get_blob("snap")
+    store.put_blob("snap", b"abcdefgh")  # a new version replaces it (and its chunks) whole
+    assert store.get_blob("snap") == b"abcdefgh"
+    assert not r.exists(f"{head}:{bid}:0")  # the old version's chunks are gone
+    real_hget = store._bulk().hget
+    monkeypatch.setattr(store._bulk(), "hget", lambda *a: b"someone-else")  # a writer replaces it each time
+    r.delete(f"{head}:{r.hget(head, 'id').decode()}:0")
+    with pytest.raises(CandgenError, match="kept changing"):
+        store.get_blob("snap")
+    monkeypatch.setattr(store._bulk(), "hget", real_hget)
+    store.close()

@@ -151,3 +151,19 @@ def test_a_failing_gap_handler_does_not_fail_the_request() -> None:
     store.append([theirs(2), theirs(3)])
     store.trim(store.tail_cursor() or "")
     assert f.catch_up() == -1 and f.gaps == 1
+
+
+def test_a_follower_that_replayed_an_empty_log_still_notices_a_later_trim() -> None:
+    from candgen.state.base import LogGap
+
+    store = MemoryStore(worker_id="me")
+    f = LogFollower(store, lambda r: None)
+    assert f.replay() == 0 and f.cursor == store.origin_cursor()  # not None: "from whatever is left"
+    seqs = store.append([theirs(1), theirs(2)])
+    store.trim(seqs[0])  # i1 is gone before this follower read it
+    assert f.catch_up() == -1 and isinstance(f.gap, LogGap)
+    late = LogFollower(store, lambda r: None)
+    store.trim(seqs[1])
+    assert late.replay() == 0 and late.cursor == seqs[1]  # a start after the trim leaves out what it knows is gone
+    store.append([theirs(3)])
+    assert late.catch_up() == 1 and late.gap is None

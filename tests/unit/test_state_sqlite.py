@@ -122,3 +122,36 @@ def test_opening_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CandgenError, match="cannot open the state journal"):
         SQLiteStore(tmp_path / "plain" / "j.db")
     assert os.path.isfile(tmp_path / "plain")
+
+
+def test_blob_and_lease_failures_are_clear(tmp_path: Path) -> None:
+    import time
+
+    store = SQLiteStore(tmp_path / "j.db", worker_id="w")
+    store.blob_dir.write_text("a file where the blob directory should be")
+    with pytest.raises(StateUnavailable, match="cannot write"):
+        store.put_blob("snap", b"x")
+    with pytest.raises(StateUnavailable, match="cannot list"):
+        store.list_blobs()
+    store.blob_dir.unlink()
+    (store.blob_dir / "snap").mkdir(parents=True)  # a directory where a blob should be
+    with pytest.raises(StateUnavailable, match="cannot read"):
+        store.get_blob("snap")
+    with pytest.raises(StateUnavailable, match="cannot delete"):
+        store.delete_blob("snap")
+    stale, fresh = store.blob_dir / ".old.1234.tmp", store.blob_dir / ".new.5678.tmp"
+    for f in (stale, fresh):
+        f.write_bytes(b"left by a writer that crashed")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    store.put_blob("other", b"y")  # sweeps temporary files older than an hour, not a writer's current one
+    assert not stale.exists() and fresh.exists() and store.list_blobs() == ["other", "snap"]
+    store.close()
+    assert store.try_log_lease("job", ttl_s=5) is False  # a closed (or broken) journal grants no lease
+    store.release_log_lease("job")  # and releasing is quiet
+
+
+def test_local_lease_ttl_is_checked() -> None:
+    from candgen.state.base import LocalLeases
+
+    with pytest.raises(CandgenError, match="ttl"):
+        LocalLeases().take("job", "w", 0)

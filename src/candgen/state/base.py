@@ -192,6 +192,11 @@ class StateStore(ABC):
         """A sort key of a seq this store returned: a < b in log order iff seq_key(a) < seq_key(b)."""
         return (parse_int_cursor(seq),)
 
+    def origin_cursor(self) -> str:
+        """A cursor before every record ever appended: `read_since` from it returns the whole log, or raises
+        `LogGap` once the log was trimmed (unlike None, which reads whatever is left)."""
+        return "0"
+
     @abstractmethod
     def put_blob(self, name: str, data: bytes) -> None:
         """Store `data` under `name` (replacing it atomically), durable and visible to every worker on return."""

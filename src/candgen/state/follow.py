@@ -85,12 +85,18 @@ class LogFollower:
         return n
 
     def replay(self) -> int:
-        """Apply the whole log from the beginning (at start-up); returns how many records were applied."""
+        """Apply the log after `cursor` (None: all of it that is left, at start-up); returns how many records
+        were applied. Afterwards `cursor` is never None, so that a later trim of records this follower has
+        not read is noticed (`LogGap`) rather than skipped: on an empty log it is the trim mark read before
+        the first read (what was trimmed then is knowingly left out), or the store's origin cursor."""
         with self._lock:
+            floor = None if self._cursor is not None else (self.store.trimmed_upto() or self.store.origin_cursor())
             total = 0
             while True:
                 records, cursor = self.store.read_since(self._cursor, limit=self.page)
                 if not records:
+                    if self._cursor is None:
+                        self._cursor = floor
                     return total
                 total += self._apply_all(records, skip_own=False)
                 self._cursor = cursor

@@ -302,6 +302,9 @@ class RedisStore(StateStore):
             raise CandgenError(f"bad state cursor {seq!r}: expected a seq returned by this store")
         return int(ms), int(n)
 
+    def origin_cursor(self) -> str:
+        return "0-0"
+
     def read_since(self, cursor: str | None, limit: int = 10_000) -> tuple[list[Record], str | None]:
         self._check_open()
         check_limit(limit)
