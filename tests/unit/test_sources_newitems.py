@@ -123,7 +123,11 @@ def test_large_pools_are_cut_to_the_optimistic_items_before_drawing():
     assert max(seen) > 1000
 
 
-def test_requests_share_one_cut_that_writes_patch_instead_of_resetting():
+def test_requests_share_one_cut_that_writes_patch_instead_of_resetting(monkeypatch):
+    from candgen.sources import newitems
+
+    # the cut lives CUT_TTL_S of wall-clock time: on a slow machine the steps below could outlive it
+    monkeypatch.setattr(newitems, "CUT_TTL_S", 3600.0)
     b = NewItemBandit(budget=100, max_age_hours=48)
     for i in range(5000):
         b.add_item(i, created_at=0.0)
@@ -136,10 +140,11 @@ def test_requests_share_one_cut_that_writes_patch_instead_of_resetting():
     b.add_item(99999, created_at=60.0)
     assert b._cut is not None and b._cut[3][-1] == 99999  # a new item joins the shared cut at once
     every = {"k": 3000, "max_draws": 2048}  # the whole shared cut, drawn
-    assert 99999 in set(b.sample(now=61.0, rng=rng, **every).ids.tolist())
+    assert 99999 in set(b.sample(now=60.5, rng=rng, **every).ids.tolist())  # within the cut's 1 s of "now"
+    assert b._cut[3][-1] == 99999  # still the patched cut, not a new one
     spent = int(b._cut[3][0])
     b.record_impression(spent, 100)  # its budget is used up: out of the pool and of the shared cut
-    assert spent not in b and spent not in set(b.sample(now=61.0, rng=rng, **every).ids.tolist())
+    assert spent not in b and spent not in set(b.sample(now=60.5, rng=rng, **every).ids.tolist())
     b.remove(99999)
     assert 99999 not in set(b._cut[3].tolist())
 
