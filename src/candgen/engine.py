@@ -652,7 +652,8 @@ class Engine:
 
     def _result(self, rt: Runtime, blended: Blended, *, explain: bool, variant: str) -> CandidatesResult:
         ids = rt.state.catalog.item_ids(blended.ids)
-        sources = provenance_lists(blended)
+        groups = provenance_groups(blended)
+        sources = provenance_lists(blended, groups)
         expl: dict[str, dict[str, float]] | None = None
         if explain:
             expl = {}
@@ -660,7 +661,7 @@ class Engine:
                 expl[item] = {name: float(v[i]) for name, v in blended.source_scores.items()
                               if i < len(v) and not np.isnan(v[i])}
         return CandidatesResult(item_ids=ids, scores=blended.scores, sources=sources, explain=expl,
-                                variant=variant, model_version=rt.model_version)
+                                variant=variant, model_version=rt.model_version, source_groups=groups)
 
     def similar(self, item_id: str, k: int) -> CandidatesResult:
         """Item-to-item candidates for an item of the catalog."""
@@ -677,17 +678,28 @@ class Engine:
                                 model_version=rt.model_version)
 
 
-def provenance_lists(blended: Blended) -> list[list[str]]:
-    """The names of the sources that found each candidate: one list per distinct source mask, shared by every
-    candidate with that mask (read-only), spread by one take() rather than a list built per candidate."""
+def provenance_groups(blended: Blended) -> tuple[list[list[str]], np.ndarray]:
+    """The distinct lists of source names in `blended` (one per distinct source mask) and each candidate's index
+    into them."""
     if not len(blended):
-        return []
+        return [], np.zeros(0, dtype=np.int64)
     masks, inverse = np.unique(blended.source_mask, return_inverse=True)
     names = blended.source_names
-    decoded = np.empty(len(masks), object)
-    for i, m in enumerate(masks.tolist()):
-        decoded[i] = [name for j, name in enumerate(names) if m >> j & 1]
-    out: list[list[str]] = decoded.take(inverse.reshape(-1)).tolist()
+    groups = [[name for j, name in enumerate(names) if m >> j & 1] for m in masks.tolist()]
+    return groups, inverse.reshape(-1)
+
+
+def provenance_lists(blended: Blended, groups: tuple[list[list[str]], np.ndarray] | None = None) -> list[list[str]]:
+    """The names of the sources that found each candidate: one list per distinct source mask, shared by every
+    candidate with that mask (read-only), spread by one take() rather than a list built per candidate.
+    `groups`: `provenance_groups(blended)` when the caller has it already."""
+    distinct, index = provenance_groups(blended) if groups is None else groups
+    if not len(index):
+        return []
+    decoded = np.empty(len(distinct), object)
+    for i, group in enumerate(distinct):  # one by one: numpy would make equal-length lists a 2-d array
+        decoded[i] = group
+    out: list[list[str]] = decoded.take(index).tolist()
     return out
 
 

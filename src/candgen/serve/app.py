@@ -31,7 +31,6 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -42,10 +41,11 @@ from candgen.config import ServeConfig
 from candgen.errors import CandgenError
 from candgen.serve import schemas as s
 from candgen.serve.attribution import EngagementAttribution
+from candgen.serve.encode import answer_json
 from candgen.serve.errors import ApiError, error_response, install_error_handlers
 from candgen.serve.metrics import ServeMetrics
 from candgen.serve.middleware import T0_KEY, Gate
-from candgen.serve.protocol import CandidatesResult, Engine, EventIn, ItemIn, UserProfileIn
+from candgen.serve.protocol import Engine, EventIn, ItemIn, UserProfileIn
 from candgen.types import Request as EngineRequest
 
 log = logging.getLogger("candgen.serve")
@@ -95,19 +95,13 @@ class _EngineSlot:
 
 
 def _json(body: dict[str, Any]) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
+    return _json_bytes(orjson.dumps(body))
 
 
-def _candidate_list(res: CandidatesResult, explain: bool) -> list[dict[str, Any]]:
-    # plain dicts serialised once by orjson: validating 1000 response models, or pydantic-core's to_json,
-    # would cost more than the engine call itself (benchmarks/http_overhead.py)
-    scores = np.round(np.asarray(res.scores, dtype=np.float64), 6).tolist()
-    if explain:
-        ex = res.explain or {}
-        return [{"item_id": i, "score": sc, "sources": src, "explain": ex.get(i, {})}
-                for i, sc, src in zip(res.item_ids, scores, res.sources, strict=True)]
-    return [{"item_id": i, "score": sc, "sources": src}
-            for i, sc, src in zip(res.item_ids, scores, res.sources, strict=True)]
+def _json_bytes(body: bytes) -> Response:
+    # the candidates answers are encoded from the result's columns (serve/encode.py), not through their
+    # response models, which only document them in the OpenAPI
+    return Response(body, media_type="application/json")
 
 
 def _took_ms(request: Request) -> float:
@@ -251,12 +245,10 @@ def create_app(
         metrics.observe_candidates(res)
         if attribution.served(req.user_id, res):
             metrics.observe_served(res)
-        body = {
-            "user_id": req.user_id, "model_version": res.model_version or eng.model_version,
-            "variant": res.variant, "candidates": _candidate_list(res, req.explain), "degraded": res.degraded,
-            "cache": res.cache, "took_ms": _took_ms(request),
-        }
-        return _json(body)
+        head = {"user_id": req.user_id, "model_version": res.model_version or eng.model_version,
+                "variant": res.variant}
+        tail = {"degraded": res.degraded, "cache": res.cache, "took_ms": _took_ms(request)}
+        return _json_bytes(answer_json(head, res, tail, explain=req.explain))
 
     # --- reads ------------------------------------------------------------------------------------------
 
@@ -291,11 +283,9 @@ def create_app(
         check_k(k)
         eng = slot.ready()
         res = await call(eng.similar, item_id, k)
-        body = {
-            "item_id": item_id, "model_version": res.model_version or eng.model_version,
-            "candidates": _candidate_list(res, False), "degraded": res.degraded, "took_ms": _took_ms(request),
-        }
-        return _json(body)
+        head = {"item_id": item_id, "model_version": res.model_version or eng.model_version}
+        tail = {"degraded": res.degraded, "took_ms": _took_ms(request)}
+        return _json_bytes(answer_json(head, res, tail))
 
     # --- writes -----------------------------------------------------------------------------------------
 

@@ -44,7 +44,9 @@ class CandidatesResult:
     `source_counts` is how many candidates each source returned before blending (0 means it came back
     empty); when left empty the HTTP layer counts provenance from `sources` instead. `quality` carries
     optional online-quality numbers: "ann_recall" (sampled recall of the ANN search against exact search)
-    and "diversity" (intra-list distance of the answer).
+    and "diversity" (intra-list distance of the answer). `source_groups`, optional, is `sources` in compact
+    form, `(distinct lists, index per candidate)` with `sources[i] == groups[index[i]]`: an engine that has
+    it for free lets the HTTP layer encode each distinct list once.
     """
 
     item_ids: list[str]
@@ -58,6 +60,7 @@ class CandidatesResult:
     timings: dict[str, float] = field(default_factory=dict)
     source_counts: dict[str, int] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
+    source_groups: tuple[list[list[str]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.item_ids) == len(self.scores) == len(self.sources)):
@@ -65,6 +68,11 @@ class CandidatesResult:
                 f"item_ids ({len(self.item_ids)}), scores ({len(self.scores)}) and sources ({len(self.sources)}) "
                 "differ in length"
             )
+        if self.source_groups is not None:
+            groups, index = self.source_groups
+            idx = np.asarray(index)
+            if len(idx) != len(self.sources) or (len(idx) and (idx.min() < 0 or idx.max() >= len(groups))):
+                raise ValueError("source_groups: expected one index per candidate into the distinct lists")
 
 
 @dataclass(slots=True)
