@@ -41,8 +41,10 @@ class ConstEngine:
 
         ids = [f"item{j:07d}" for j in range(k)]
         srcs = [["collaborative"], ["content", "trending"], ["trending"]]
+        index = np.arange(k) % 3
         self.result = CandidatesResult(
-            item_ids=ids, scores=np.linspace(1.0, 0.1, k, dtype=np.float32), sources=[srcs[j % 3] for j in range(k)],
+            item_ids=ids, scores=np.linspace(1.0, 0.1, k, dtype=np.float32), sources=[srcs[j] for j in index],
+            source_groups=(srcs, index),  # as the real engine gives them
             model_version="bench", timings={"collaborative": 0.001, "blend": 0.0002},
             source_counts={"collaborative": k // 3, "content": k // 3, "trending": 2 * k // 3, "social": 0},
             quality={"diversity": 0.7},
@@ -61,6 +63,7 @@ class ConstEngine:
             r = self.result
             self.by_k[req.k] = CandidatesResult(
                 item_ids=r.item_ids[: req.k], scores=r.scores[: req.k], sources=r.sources[: req.k],
+                source_groups=None if r.source_groups is None else (r.source_groups[0], r.source_groups[1][: req.k]),
                 model_version="bench", timings=r.timings, source_counts=r.source_counts, quality=r.quality)
         return self.by_k[req.k]
 
