@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from candgen.model.losses import (
+    MASKED,
     accidental_hits,
     contrastive_loss,
+    grouped_softmax_bias,
+    grouped_softmax_loss,
     retrieval_loss,
     softmax_loss,
     triplet_loss,
@@ -87,3 +91,54 @@ def test_retrieval_loss_dispatches_and_rejects_unknown_names():
         assert got.item() == pytest.approx(fn().item())
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         retrieval_loss("hinge", scores, t, valid, temperature=0.1, margin=0.2, log_q=None, weight=None)
+
+
+def _per_occurrence_softmax(users, cand_vecs, cand, items, n_random, hard, log_q, weight, temperature):
+    """The plain form: one column per sampled candidate occurrence, plus each user's hard-negative column."""
+    b, s = len(items), len(items) + n_random
+    scores = users @ cand_vecs[:s].T
+    ids = torch.from_numpy(cand[:s])
+    valid = ~accidental_hits(torch.from_numpy(items), ids, torch.arange(b))
+    lq = None if log_q is None else torch.from_numpy(log_q[cand[:s]]).float()
+    if hard is not None:
+        scores = torch.cat([scores, (users * cand_vecs[s:]).sum(1, keepdim=True)], dim=1)
+        valid = torch.cat([valid, torch.from_numpy((hard >= 0) & (hard != items))[:, None]], dim=1)
+        lq = None if lq is None else torch.cat([lq, torch.zeros(1)])
+    return softmax_loss(scores, torch.arange(b), valid, temperature=temperature, log_q=lq, weight=weight)
+
+
+@pytest.mark.parametrize("with_hard", [True, False])
+@pytest.mark.parametrize("with_logq", [True, False])
+def test_grouped_softmax_equals_the_per_occurrence_softmax(with_hard, with_logq):
+    """Duplicated candidates scored once with log-multiplicity give the same loss and gradients."""
+    rng = np.random.default_rng(0)
+    items = np.array([3, 5, 3, 8])  # users 0 and 2 share a positive: accidental hits both ways
+    rand = np.array([5, 9, 9, 3, 1])  # 5 and 3 are other users' positives; 9 appears twice
+    hard = np.array([9, -1, 3, 1])  # user 2's hard negative is its own positive: masked
+    cand = np.concatenate([items, rand] + ([np.maximum(hard, 0)] if with_hard else []))
+    # distinct candidates: by item here, except that occurrence 7 of item 3 is a different group (e.g. its id
+    # was dropped), so the same item can sit in two groups
+    key = cand * 2 + (np.arange(len(cand)) == 7)
+    _, inverse = np.unique(key, return_inverse=True)
+    log_q = np.log(rng.uniform(0.05, 2.0, 10)) if with_logq else None
+    users = torch.nn.functional.normalize(torch.randn(4, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    groups = torch.nn.functional.normalize(torch.randn(inverse.max() + 1, 6,
+                                                       generator=torch.Generator().manual_seed(2)), dim=1)
+    users.requires_grad_(), groups.requires_grad_()
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    ref = _per_occurrence_softmax(users, groups[torch.from_numpy(inverse)], cand, items, len(rand),
+                                  hard if with_hard else None, log_q, weight, 0.2)
+    bias, target = grouped_softmax_bias(inverse, cand, items, len(rand), hard if with_hard else None,
+                                        None if log_q is None else np.exp(-log_q))
+    got = grouped_softmax_loss(users, groups, torch.from_numpy(bias), torch.from_numpy(target), temperature=0.2,
+                               weight=weight / weight.sum())
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    g_ref = torch.autograd.grad(ref, (users, groups))
+    g_got = torch.autograd.grad(got, (users, groups))
+    for a, b in zip(g_got, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert target.tolist() == inverse[:4].tolist()
+    # users 0 and 2 share their positive's group: it counts once (the target), not twice
+    assert inverse[0] == inverse[2]
+    assert bias[0, inverse[0]] == pytest.approx(-log_q[3] if log_q is not None else 0.0, rel=1e-6)
+    assert bias[0, inverse[7]] == bias[2, inverse[7]] == MASKED  # the positive item in another group: a hit

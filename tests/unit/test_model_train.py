@@ -125,3 +125,61 @@ def test_no_positive_engagements_is_a_user_error(world):
     only_dislikes = world.interactions.take(world.interactions.event == world.interactions.event.max())
     with pytest.raises(CandgenError, match="fewer than 2 positive"):
         train_two_tower(world.with_interactions(only_dislikes), config=small_config(), events=EVENTS)
+
+
+def _reference_loss(tr, batch, log_q, scale):
+    """The step's loss the plain way: per-feature reference towers, one item-tower row per candidate occurrence."""
+    import torch
+
+    from candgen.model.features import history_len_bucket
+
+    t = torch.from_numpy
+    c = tr.codes.take(batch.cand)
+    items = tr.model.item(t(batch.cand_ids), t(c.tags.astype(np.int64)), t(c.category.astype(np.int64)),
+                          t(c.creator.astype(np.int64)), t(batch.cand_age.astype(np.int64)))
+    users = tr.model.user(
+        t(tr.user_attrs[batch.users].astype(np.int64)), t(tr.user_interests[batch.users].astype(np.int64)),
+        torch.zeros(len(batch.users), dtype=torch.int64), t(batch.hours),
+        t(history_len_bucket((batch.hist_weights > 0).sum(1)).astype(np.int64)),
+        t(tr.codes.id_bucket[batch.hist] * (batch.hist_weights > 0)), tr.history_vectors(batch), t(batch.hist_weights))
+    return tr.loss(batch, users, items, log_q_table=log_q, weight_scale=scale)
+
+
+@pytest.mark.parametrize(("loss", "sparse"), [("softmax", False), ("softmax", True), ("contrastive", False)])
+def test_fast_step_loss_and_gradients_equal_the_reference_path(world, loss, sparse):
+    import torch
+
+    from candgen.model.features import FeatureSpace, PositiveLog, negatives_by_user
+    from candgen.model.train import _log_q_table, _Trainer
+
+    cfg = small_config(loss=loss, id_dropout=0.3)
+    space = FeatureSpace.from_dataset(world, id_buckets=cfg.id_buckets, history_len=cfg.history_len)
+    tr = _Trainer(world, space, cfg, EVENTS)
+    tr.model.tables.sparse_ids = sparse
+    log = PositiveLog.build(world.interactions, EVENTS, world.n_users)
+    neg = negatives_by_user(world.interactions, EVENTS, world.n_users)
+    lq = _log_q_table(log, world.n_items, 64, cfg.random_negatives)
+    tr.refresh_bank()
+    batch = tr.batch(log, np.arange(100, 164), neg)
+    assert batch.n_unique < len(batch.cand)  # the planted world's 100 items repeat within a batch
+    assert (batch.cand_ids == 0).any() and batch.hard is not None and (batch.hard >= 0).any()
+
+    def grads(loss_value):
+        params = list(tr.model.parameters())
+        gs = torch.autograd.grad(loss_value, params)
+        return [g.to_dense() for g in gs]
+
+    fast = tr.batch_loss(batch, log_q_table=lq, weight_scale=0.7)
+    ref = _reference_loss(tr, batch, lq, 0.7)
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(grads(fast), grads(ref), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_sparse_tables_train_with_sparse_adam(world, monkeypatch):
+    import candgen.model.towers as towers
+
+    monkeypatch.setattr(towers, "SPARSE_ROWS", 10)  # every table of the planted world counts as big
+    model = train_two_tower(world, config=small_config(epochs=4), events=EVENTS, refit=False)
+    assert _topic_precision(model, world) > 0.8
+    assert not model.weights["item.id_emb.weight"][0].any()  # the unknown row never moves

@@ -10,10 +10,16 @@ shared and only the objective changes with `ModelConfig.loss`:
 - `log_q` (B, C) or None: log of the expected number of times each candidate appears in the sampled
   set, subtracted from the logits (the sampling-probability correction of Yi et al. 2019), so popular
   items are not over-penalised just for being sampled more often.
+
+`grouped_softmax_bias` + `grouped_softmax_loss` compute the same softmax loss with each distinct candidate
+scored once: a candidate that occurs k times among a user's (logQ-corrected) candidates contributes
+k * exp(s/T - logQ) to the partition function, i.e. one logit s/T + log(k exp(-logQ)). The training
+step uses it because the item tower then runs once per distinct item of the batch.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +68,42 @@ def triplet_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     hardest = scores.masked_fill(~neg_mask, MASKED).max(dim=1).values
     loss = F.relu(margin - pos + hardest) * neg_mask.any(dim=1)
     return _mean(loss, weight)
+
+
+def grouped_softmax_bias(inverse: np.ndarray, cand: np.ndarray, items: np.ndarray, n_random: int,
+                         hard: np.ndarray | None, inv_q: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(bias (B, U) float32, target (B,)) of the sampled softmax over U distinct candidates.
+
+    inverse (C,): distinct candidate of each candidate; cand (C,): its item. The C candidates are the B
+    positives (user b's target is candidate b), `n_random` shared random negatives, then, if `hard` is given,
+    one hard negative per user (-1 = none). inv_q (n_items,): exp(-logQ) per item, None for no correction.
+    bias[b, u] = log of the summed correction weights of user b's candidates in group u; the positive counts
+    once, every other occurrence of the user's positive item (accidental hits) and groups with no candidate of
+    the user get MASKED. A hard negative adds weight 1 (it is not sampled by popularity).
+    """
+    b, s = len(items), len(items) + n_random
+    u = int(inverse.max()) + 1
+    corr = inv_q[cand[:s]] if inv_q is not None else np.ones(s)
+    base = np.bincount(inverse[:s], weights=corr, minlength=u)
+    group_item = np.empty(u, dtype=np.int64)
+    group_item[inverse] = cand
+    with np.errstate(divide="ignore"):
+        bias = np.repeat(np.where(base > 0, np.log(base), MASKED)[None, :], b, axis=0)
+    bias[group_item[None, :] == items[:, None]] = MASKED
+    rows, target = np.arange(b), inverse[:b]
+    bias[rows, target] = np.log(corr[:b])
+    if hard is not None:
+        ok = (hard >= 0) & (hard != items)
+        cols = inverse[s:][ok]
+        bias[rows[ok], cols] = np.logaddexp(bias[rows[ok], cols], 0.0)
+    return bias.astype(np.float32), target.astype(np.int64)
+
+
+def grouped_softmax_loss(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor, target: torch.Tensor, *,
+                         temperature: float, weight: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax over distinct candidates (see `grouped_softmax_bias`); weight (B,) sums to 1."""
+    logits = torch.addmm(bias, users, items.T, alpha=1.0 / temperature)
+    return (F.cross_entropy(logits, target, reduction="none") * weight).sum()
 
 
 def retrieval_loss(name: str, scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,

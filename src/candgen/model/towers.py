@@ -7,30 +7,102 @@ zero vector; new items therefore get a content-only embedding, which ID dropout 
 The user tower pools the history twice: the *item tower outputs* of the history items (a bank that
 the trainer refreshes, no gradient; serving passes the same vectors, so items added while serving can
 appear in a history), and the item id embeddings (shared with the item tower; zero for new items).
+
+Storage and the two ways through the towers:
+- all tables live in two parameters (`EmbeddingTables`): the item id table and one fused table holding the
+  row ranges of every other categorical feature (`bags.TableLayout`); `export_weights` hands them out
+  under the per-feature names the numpy export reads;
+- `ItemTower.forward` / `UserTower.forward` take padded per-feature codes and are the readable reference
+  (used to embed the catalog and by the tests);
+- `TwoTower.encode` is the training path: each table is read once per batch through `bag_sum` (one
+  `embedding_bag` forward, one sparse-transpose product backward; see `bags.py`). The tests check that
+  both paths give the same outputs and gradients.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from candgen.model.features import N_AGE, N_HISTORY_LEN, N_HOURS, FeatureSpace
+from candgen.model.bags import FEATURE_TABLES, Bags, TableLayout
+from candgen.model.features import FeatureSpace
 
 INIT_STD = 0.1
-SPARSE_ROWS = 100_000  # tables this large get sparse gradients (SparseAdam); smaller ones are cheaper dense
+SPARSE_ROWS = 100_000  # tables this large get row-sparse gradients (SparseAdam); smaller ones are cheaper dense
+# numpy export name -> table (`EmbeddingTables.table`)
+EXPORT_TABLES = {
+    "item.id_emb.weight": "id", "item.tag_emb.weight": "tag", "item.category_emb.weight": "category",
+    "item.creator_emb.weight": "creator", "item.age_emb.weight": "age", "user.attr_emb.weight": "attr",
+    "user.device_emb.weight": "device", "user.hour_emb.weight": "hour",
+    "user.history_len_emb.weight": "history_len",
+}
 
 
-def _table(n: int, dim: int, *, padding: bool = True, zero: bool = False) -> nn.Embedding:
-    emb = nn.Embedding(max(n, 1), dim, padding_idx=0 if padding else None, sparse=n >= SPARSE_ROWS)
-    with torch.no_grad():
-        if zero:
-            emb.weight.zero_()
-        else:
-            emb.weight.normal_(0.0, INIT_STD)
-            if padding:
-                emb.weight[0].zero_()
-    return emb
+class _BagSum(torch.autograd.Function):
+    """out[b] = sum of weight[r] * w over the (r, w) entries of bag b, i.e. P @ weight with P the bags' sparse
+    matrix. The backward pass is P.T @ grad (scipy, no sort of the entries): a dense gradient, or a row-sparse
+    one over the rows the bags touch (for SparseAdam)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, bags: Bags, sparse: bool) -> torch.Tensor:  # type: ignore[override]
+        ctx.bags, ctx.sparse, ctx.shape = bags, sparse, tuple(weight.shape)
+        if len(bags.idx) == 0:
+            return weight.new_zeros(bags.n_bags, weight.shape[1])
+        return F.embedding_bag(torch.from_numpy(bags.idx), weight, torch.from_numpy(bags.ptr[:-1]), mode="sum",
+                               per_sample_weights=torch.from_numpy(bags.weight))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        bags: Bags = ctx.bags
+        g = grad.detach().contiguous().numpy()
+        if not ctx.sparse:
+            return torch.from_numpy(np.ascontiguousarray(bags.matrix(ctx.shape[0]).T @ g, dtype=np.float32)), None, None
+        rows, local = np.unique(bags.idx, return_inverse=True)
+        values = Bags(bags.ptr, local.astype(np.int64), bags.weight).matrix(len(rows)).T @ g
+        out = torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(np.asarray(values, np.float32)),
+                                      ctx.shape, is_coalesced=True, check_invariants=False)
+        return out, None, None
+
+
+def bag_sum(weight: torch.Tensor, bags: Bags, *, sparse: bool = False) -> torch.Tensor:
+    """(n_bags, dim): each bag's weighted sum of rows of `weight`, differentiable in `weight`."""
+    out: torch.Tensor = _BagSum.apply(weight, bags, sparse)
+    return out
+
+
+class EmbeddingTables(nn.Module):
+    """The item id table (`ids`) and the fused table of all other categorical features (`feats`)."""
+
+    def __init__(self, space: FeatureSpace, dim: int) -> None:
+        super().__init__()
+        self.layout = TableLayout.of(space)
+        self.ids = nn.Parameter(_init(max(space.id_buckets, 1), dim, zero_rows=[0]))
+        zero = [start for name, (start, _) in self.layout.spans.items() if FEATURE_TABLES[name]]
+        dev_start, dev_n = self.layout.spans["device"]
+        zero += list(range(dev_start, dev_start + dev_n))  # data rarely has devices: start neutral
+        self.feats = nn.Parameter(_init(self.layout.n_rows, dim, zero_rows=zero))
+        self.sparse_ids = self.ids.shape[0] >= SPARSE_ROWS
+        self.sparse_feats = self.feats.shape[0] >= SPARSE_ROWS
+
+    def table(self, name: str) -> torch.Tensor:
+        """The rows of one table (a view: gradients flow into the fused parameter)."""
+        if name == "id":
+            return self.ids
+        start, n = self.layout.spans[name]
+        return self.feats[start:start + n]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [p for p, s in ((self.ids, self.sparse_ids), (self.feats, self.sparse_feats)) if s]
+
+
+def _init(n: int, dim: int, *, zero_rows: list[int]) -> torch.Tensor:
+    w = torch.empty(n, dim).normal_(0.0, INIT_STD)
+    w[zero_rows] = 0.0
+    return w
 
 
 class ResidualMLP(nn.Module):
@@ -46,64 +118,84 @@ class ResidualMLP(nn.Module):
 
 
 class ItemTower(nn.Module):
-    def __init__(self, space: FeatureSpace, dim: int) -> None:
+    def __init__(self, tables: EmbeddingTables, dim: int) -> None:
         super().__init__()
-        self.id_emb = _table(space.id_buckets, dim)
-        self.tag_emb = _table(len(space.tags) + 1, dim)  # shared with the user tower's interests
-        self.category_emb = _table(len(space.categories) + 1, dim)
-        self.creator_emb = _table(len(space.creators) + 1, dim)
-        self.age_emb = _table(N_AGE, dim, padding=False)
         self.mlp = ResidualMLP(dim, 2 * dim)
+        self._tables = [tables]  # shared with the user tower: not registered here
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding sum -> L2-normalised item vector."""
+        return F.normalize(self.mlp(x), dim=-1)
 
     def forward(self, id_bucket: torch.Tensor, tags: torch.Tensor, category: torch.Tensor,
                 creator: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        t = self._tables[0]
         x = (
-            self.id_emb(id_bucket)
-            + F.embedding_bag(tags, self.tag_emb.weight, mode="mean", padding_idx=0, sparse=self.tag_emb.sparse)
-            + self.category_emb(category)
-            + self.creator_emb(creator)
-            + self.age_emb(age)
+            F.embedding(id_bucket, t.table("id"), padding_idx=0)
+            + F.embedding_bag(tags, t.table("tag"), mode="mean", padding_idx=0)
+            + F.embedding(category, t.table("category"), padding_idx=0)
+            + F.embedding(creator, t.table("creator"), padding_idx=0)
+            + F.embedding(age, t.table("age"))
         )
-        return F.normalize(self.mlp(x), dim=-1)
+        return self.head(x)
 
 
 class UserTower(nn.Module):
-    def __init__(self, space: FeatureSpace, dim: int, item_tower: ItemTower) -> None:
+    def __init__(self, tables: EmbeddingTables, dim: int) -> None:
         super().__init__()
-        self.attr_emb = _table(space.n_attr_codes, dim)
-        self.device_emb = _table(len(space.devices) + 1, dim, zero=True)  # data rarely has devices
-        self.hour_emb = _table(N_HOURS, dim)
-        self.history_len_emb = _table(N_HISTORY_LEN, dim, padding=False)
         self.history_bank_proj = nn.Linear(dim, dim, bias=False)
         self.history_id_proj = nn.Linear(dim, dim, bias=False)
         self.mlp = ResidualMLP(dim, 2 * dim)
-        # shared tables (not registered twice): interests use the item tags' embeddings
-        self._items = [item_tower]
+        self._tables = [tables]  # shared with the item tower: not registered here
+
+    def head(self, features: torch.Tensor, history_vectors: torch.Tensor, history_ids: torch.Tensor) -> torch.Tensor:
+        """Feature embedding sum, pooled history vectors and pooled history ids -> L2-normalised user vector."""
+        x = features + self.history_bank_proj(history_vectors) + self.history_id_proj(history_ids)
+        return F.normalize(self.mlp(x), dim=-1)
 
     def forward(self, attributes: torch.Tensor, interests: torch.Tensor, device: torch.Tensor,
                 hour: torch.Tensor, history_len: torch.Tensor, history_ids: torch.Tensor,
                 history_vectors: torch.Tensor, history_weights: torch.Tensor) -> torch.Tensor:
         """history_vectors: (B, D) weighted pool of the history items' item-tower outputs (no gradient);
         history_ids: (B, L) id buckets and history_weights (B, L) normalised to sum 1 per row."""
-        items = self._items[0]
+        t = self._tables[0]
         x = (
-            self.attr_emb(attributes).sum(dim=1)
-            + F.embedding_bag(interests, items.tag_emb.weight, mode="mean", padding_idx=0,
-                              sparse=items.tag_emb.sparse)
-            + self.device_emb(device)
-            + self.hour_emb(hour)
-            + self.history_len_emb(history_len)
-            + self.history_bank_proj(history_vectors)
-            + self.history_id_proj(
-                F.embedding_bag(history_ids, items.id_emb.weight, mode="sum", per_sample_weights=history_weights,
-                                padding_idx=0, sparse=items.id_emb.sparse)
-            )
+            F.embedding(attributes, t.table("attr"), padding_idx=0).sum(dim=1)
+            + F.embedding_bag(interests, t.table("tag"), mode="mean", padding_idx=0)
+            + F.embedding(device, t.table("device"), padding_idx=0)
+            + F.embedding(hour, t.table("hour"), padding_idx=0)
+            + F.embedding(history_len, t.table("history_len"))
         )
-        return F.normalize(self.mlp(x), dim=-1)
+        pooled_ids = F.embedding_bag(history_ids, t.table("id"), mode="sum", per_sample_weights=history_weights,
+                                     padding_idx=0)
+        return self.head(x, history_vectors, pooled_ids)
 
 
 class TwoTower(nn.Module):
     def __init__(self, space: FeatureSpace, dim: int) -> None:
         super().__init__()
-        self.item = ItemTower(space, dim)
-        self.user = UserTower(space, dim, self.item)
+        self.tables = EmbeddingTables(space, dim)
+        self.item = ItemTower(self.tables, dim)
+        self.user = UserTower(self.tables, dim)
+
+    def encode(self, ids: Bags, feats: Bags, n_items: int, history_vectors: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user vectors, item vectors) of a training batch in one pass over each table.
+
+        ids: the first `n_items` bags are the items' id rows, the rest each user's weighted history ids;
+        feats: the first `n_items` bags are the items' feature rows (`TableLayout.item_bags`), the rest the
+        users' (`TableLayout.user_bags`); history_vectors: (users, dim) pooled item-tower outputs (no gradient).
+        """
+        t = self.tables
+        id_sum = bag_sum(t.ids, ids, sparse=t.sparse_ids)
+        feat_sum = bag_sum(t.feats, feats, sparse=t.sparse_feats)
+        items = self.item.head(id_sum[:n_items] + feat_sum[:n_items])
+        users = self.user.head(feat_sum[n_items:], history_vectors, id_sum[n_items:])
+        return users, items
+
+    def export_weights(self) -> dict[str, np.ndarray]:
+        """Every weight under the names the numpy export (`TwoTowerModel`) reads, as float32 copies."""
+        with torch.no_grad():
+            out = {key: self.tables.table(name).numpy().copy() for key, name in EXPORT_TABLES.items()}
+            out.update({k: v.numpy().copy() for k, v in self.state_dict().items() if not k.startswith("tables.")})
+        return out

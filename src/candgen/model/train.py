@@ -31,10 +31,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F
 
 from candgen.config import EventsConfig, ModelConfig
-from candgen.data.dataset import Dataset, Interactions
+from candgen.data.dataset import Csr, Dataset, Interactions
 from candgen.errors import CandgenError
+from candgen.model.bags import Bags, history_bags, id_bags
 from candgen.model.export import TwoTowerModel
 from candgen.model.features import (
+    N_AGE,
     FeatureSpace,
     ItemCodes,
     PositiveLog,
@@ -43,7 +45,7 @@ from candgen.model.features import (
     hour_bucket,
     negatives_by_user,
 )
-from candgen.model.losses import accidental_hits, retrieval_loss
+from candgen.model.losses import accidental_hits, grouped_softmax_bias, grouped_softmax_loss, retrieval_loss
 from candgen.model.towers import TwoTower
 from candgen.types import NO_PROGRESS, Progress
 
@@ -85,6 +87,28 @@ def split_last(interactions: Interactions, fraction: float = VALID_FRACTION) -> 
 
 
 @dataclass
+class Batch:
+    """One training step's inputs, assembled in numpy before any torch call (see `_Trainer.batch`)."""
+
+    users: np.ndarray  # (B,) user of each example
+    items: np.ndarray  # (B,) its positive item
+    ts: np.ndarray  # (B,) its timestamp
+    hist: np.ndarray  # (B, L) history items, most recent first (0 in empty slots)
+    hist_weights: np.ndarray  # (B, L) float32, normalised to sum 1 per row (0 in empty slots)
+    hours: np.ndarray  # (B,) hour-of-day code after context dropout
+    cand: np.ndarray  # (C,) candidates: the B positives, the M random negatives, then B hard negatives if any
+    cand_ids: np.ndarray  # (C,) their id buckets after id dropout
+    cand_age: np.ndarray  # (C,) their age buckets
+    n_random: int  # M
+    hard: np.ndarray | None  # (B,) each user's hard negative, -1 for none; None when the data has none
+    inverse: np.ndarray  # (C,) row of each candidate among the distinct candidates the item tower embeds
+    n_unique: int  # number of distinct candidates
+    id_bags: Bags  # n_unique item id bags, then B history id bags
+    feat_bags: Bags  # n_unique item feature bags, then B user feature bags
+    weight: np.ndarray  # (B,) float32 event weight of each example
+
+
+@dataclass
 class TrainReport:
     epochs_run: int = 0
     best_epoch: int = 0
@@ -109,18 +133,20 @@ class _Trainer:
         self.user_attrs = space.encode_user_attributes(ds, users)
         self.user_interests = space.encode_user_interests(ds, users)
         self.model = TwoTower(space, config.dim)
-        sparse_names = {f"{n}.weight" for n, m in self.model.named_modules()
-                        if isinstance(m, torch.nn.Embedding) and m.sparse}
-        sparse = [p for n, p in self.model.named_parameters() if n in sparse_names]
-        dense = [p for n, p in self.model.named_parameters() if n not in sparse_names]
+        self.layout = self.model.tables.layout
+        sparse = self.model.tables.sparse_parameters()
+        dense = [p for p in self.model.parameters() if all(p is not q for q in sparse)]
         self.opt_sparse = torch.optim.SparseAdam(sparse, lr=config.learning_rate) if sparse else None
         # fused: one kernel over all dense tensors instead of a dozen small ops per tensor per step
         self.opt_dense = torch.optim.AdamW(dense, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            fused=True)
         self.now = int(ds.interactions.timestamp.max()) if len(ds.interactions) else 0
         self.bank = torch.zeros(ds.n_items, config.dim)
+        self._inv_q_of: torch.Tensor | None = None
+        self._inv_q_table = np.zeros(0)
 
     def _item_tensors(self, items: np.ndarray, now: np.ndarray | int, drop_ids: bool) -> list[torch.Tensor]:
+        """Padded per-feature codes of `items` for the reference `ItemTower.forward`."""
         c = self.codes.take(items)
         ids = c.id_bucket
         if drop_ids and self.config.id_dropout > 0:
@@ -137,43 +163,69 @@ class _Trainer:
                 self.bank[rows] = self.model.item(*self._item_tensors(rows, self.now, drop_ids=False))
         self.model.train()
 
-    def step(self, log: PositiveLog, ex: np.ndarray, *, log_q_table: torch.Tensor | None, neg: object,
-             weight_scale: float) -> float:
+    def batch(self, log: PositiveLog, ex: np.ndarray, neg: Csr) -> Batch:
+        """Everything one step needs, in numpy and vectorised over the batch (no Python loop per example)."""
         cfg = self.config
         users, items, ts = log.user[ex], log.item[ex], log.timestamp[ex]
         hist, hw = log.history(users, log.rank[ex], cfg.history_len, self.space.history_decay)
         wsum = hw.sum(axis=1, keepdims=True)
-        wn = torch.from_numpy(hw / np.where(wsum > 0, wsum, 1))
-        hist_t = torch.from_numpy(hist)
-        hist_ids = torch.from_numpy(self.codes.id_bucket[hist] * (hw > 0))
-        hist_vec = F.embedding_bag(hist_t, self.bank, mode="sum", per_sample_weights=wn)
-        u = self.model.user(
-            torch.from_numpy(self.user_attrs[users].astype(np.int64)),
-            torch.from_numpy(self.user_interests[users].astype(np.int64)),
-            torch.zeros(len(ex), dtype=torch.int64),
-            torch.from_numpy(self._hours(ts)),
-            torch.from_numpy(history_len_bucket((hw > 0).sum(axis=1)).astype(np.int64)),
-            hist_ids, hist_vec, wn,
-        )
+        wn = (hw / np.where(wsum > 0, wsum, 1)).astype(np.float32)
+        hours = self._hours(ts)
         b, m = len(ex), cfg.random_negatives
         rand = self.rng.integers(0, self.ds.n_items, m) if m else np.zeros(0, np.int64)
         hard = self._hard_negatives(users, neg) if cfg.hard_negatives else None
         cand = np.concatenate([items, rand] + ([np.maximum(hard, 0)] if hard is not None else []))
         cand_now = np.concatenate([ts, np.full(m, int(np.median(ts)))] + ([ts] if hard is not None else []))
-        v = self.model.item(*self._item_tensors(cand, cand_now, drop_ids=True))
-        scores = u @ v[: b + m].T
-        ids = torch.from_numpy(np.concatenate([items, rand]))
+        ids = self.codes.id_bucket[cand]
+        if cfg.id_dropout > 0:
+            ids = np.where(self.rng.random(len(ids)) < cfg.id_dropout, 0, ids)
+        age = age_bucket(self.codes.created_at[cand], cand_now)
+        # the item tower runs once per distinct (item, age bucket, id kept) of the batch, not per occurrence
+        key = (cand * N_AGE + age) * 2 + (ids > 0)
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        u_items = cand[first]
+        hist_ids = self.codes.id_bucket[hist]
+        feats = Bags.concat([
+            self.layout.item_bags(self.codes.tags[u_items], self.codes.category[u_items],
+                                  self.codes.creator[u_items], age[first]),
+            self.layout.user_bags(self.user_attrs[users], self.user_interests[users], np.zeros(b, np.int64), hours,
+                                  history_len_bucket((hw > 0).sum(axis=1))),
+        ])
+        id_rows = Bags.concat([id_bags(ids[first]), history_bags(np.where(hist_ids > 0, hist_ids, -1), wn)])
+        return Batch(users=users, items=items, ts=ts, hist=hist, hist_weights=wn, hours=hours, cand=cand, cand_ids=ids,
+                     cand_age=age, n_random=m, hard=hard, inverse=inverse.reshape(-1), n_unique=len(first),
+                     id_bags=id_rows, feat_bags=feats, weight=log.weight[ex])
+
+    def history_vectors(self, batch: Batch) -> torch.Tensor:
+        """(B, D) weighted pool of the history items' bank vectors (no gradient)."""
+        return F.embedding_bag(torch.from_numpy(batch.hist), self.bank, mode="sum",
+                               per_sample_weights=torch.from_numpy(batch.hist_weights))
+
+    def loss(self, batch: Batch, users: torch.Tensor, items: torch.Tensor, *, log_q_table: torch.Tensor | None,
+             weight_scale: float) -> torch.Tensor:
+        """The retrieval loss (any `ModelConfig.loss`) of a batch given its user vectors (B, D) and one vector per
+        candidate occurrence (C, D): the straightforward form, and the path of the contrastive and triplet losses."""
+        cfg = self.config
+        b, m = len(batch.items), batch.n_random
+        scores = users @ items[: b + m].T
+        ids = torch.from_numpy(batch.cand[: b + m])
         log_q = log_q_table[ids] if log_q_table is not None else None
         target = torch.arange(b)
-        valid = ~accidental_hits(torch.from_numpy(items), ids, target)
+        valid = ~accidental_hits(torch.from_numpy(batch.items), ids, target)
+        hard = batch.hard
         if hard is not None:  # one more column per user: its own hard negative (no logQ: not sampled by popularity)
-            scores = torch.cat([scores, (u * v[b + m:]).sum(dim=1, keepdim=True)], dim=1)
-            valid = torch.cat([valid, torch.from_numpy((hard >= 0) & (hard != items))[:, None]], dim=1)
+            scores = torch.cat([scores, (users * items[b + m:]).sum(dim=1, keepdim=True)], dim=1)
+            valid = torch.cat([valid, torch.from_numpy((hard >= 0) & (hard != batch.items))[:, None]], dim=1)
             if log_q is not None:
                 log_q = torch.cat([log_q, torch.zeros(1)])
-        weight = torch.from_numpy(log.weight[ex] * weight_scale)
-        loss = retrieval_loss(cfg.loss, scores, target, valid, temperature=cfg.temperature, margin=cfg.margin,
+        weight = torch.from_numpy(batch.weight * weight_scale)
+        return retrieval_loss(cfg.loss, scores, target, valid, temperature=cfg.temperature, margin=cfg.margin,
                               log_q=log_q, weight=weight)
+
+    def step(self, log: PositiveLog, ex: np.ndarray, *, log_q_table: torch.Tensor | None, neg: Csr,
+             weight_scale: float) -> float:
+        batch = self.batch(log, ex, neg)
+        loss = self.batch_loss(batch, log_q_table=log_q_table, weight_scale=weight_scale)
         for opt in (self.opt_sparse, self.opt_dense):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
@@ -183,14 +235,37 @@ class _Trainer:
                 opt.step()
         return float(loss.detach())
 
+    def batch_loss(self, batch: Batch, *, log_q_table: torch.Tensor | None, weight_scale: float) -> torch.Tensor:
+        """The training loss of a batch through the fast path: each table read once (`TwoTower.encode`), each
+        distinct candidate embedded and (for the softmax) scored once."""
+        users, unique_items = self.model.encode(batch.id_bags, batch.feat_bags, batch.n_unique,
+                                                self.history_vectors(batch))
+        if self.config.loss != "softmax":
+            items = unique_items[torch.from_numpy(batch.inverse)]
+            return self.loss(batch, users, items, log_q_table=log_q_table, weight_scale=weight_scale)
+        bias, target = grouped_softmax_bias(batch.inverse, batch.cand, batch.items, batch.n_random, batch.hard,
+                                            self._inv_q(log_q_table))
+        w = batch.weight.astype(np.float64) * weight_scale
+        w = (w / max(w.sum(), 1e-12)).astype(np.float32)
+        return grouped_softmax_loss(users, unique_items, torch.from_numpy(bias), torch.from_numpy(target),
+                                    temperature=self.config.temperature, weight=torch.from_numpy(w))
+
+    def _inv_q(self, log_q_table: torch.Tensor | None) -> np.ndarray | None:
+        """exp(-logQ) per item (cached per table)."""
+        if log_q_table is None:
+            return None
+        if self._inv_q_of is not log_q_table:
+            self._inv_q_of, self._inv_q_table = log_q_table, np.exp(-log_q_table.numpy().astype(np.float64))
+        return self._inv_q_table
+
     def _hours(self, ts: np.ndarray) -> np.ndarray:
         """Hour-of-day context, dropped (unknown) for half the examples: requests may come without it, and
         offline recommendation has no real request time, so the model must not lean on it alone."""
         h = hour_bucket(ts).astype(np.int64)
         return np.where(self.rng.random(len(h)) < CONTEXT_DROPOUT, 0, h)
 
-    def _hard_negatives(self, users: np.ndarray, neg: object) -> np.ndarray | None:
-        ptr, idx = neg.ptr, neg.idx  # type: ignore[attr-defined]
+    def _hard_negatives(self, users: np.ndarray, neg: Csr) -> np.ndarray | None:
+        ptr, idx = neg.ptr, neg.idx
         if len(idx) == 0:
             return None
         cnt = ptr[users + 1] - ptr[users]
@@ -199,9 +274,9 @@ class _Trainer:
 
     def export(self, config: ModelConfig, info: dict[str, object]) -> TwoTowerModel:
         self.refresh_bank()
-        weights = {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
-        return TwoTowerModel(space=self.space, weights=weights, catalog_vectors=self.bank.numpy().copy(),
-                             catalog_id_bucket=self.codes.id_bucket, config=asdict(config), info=info)
+        return TwoTowerModel(space=self.space, weights=self.model.export_weights(),
+                             catalog_vectors=self.bank.numpy().copy(), catalog_id_bucket=self.codes.id_bucket,
+                             config=asdict(config), info=info)
 
 
 def _log_q_table(log: PositiveLog, n_items: int, batch: int, n_random: int) -> torch.Tensor:
