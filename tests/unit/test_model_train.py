@@ -160,7 +160,7 @@ def test_fast_step_loss_and_gradients_equal_the_reference_path(world, loss, spar
     neg = negatives_by_user(world.interactions, EVENTS, world.n_users)
     lq = _log_q_table(log, world.n_items, 64, cfg.random_negatives)
     tr.refresh_bank()
-    batch = tr.batch(log, np.arange(100, 164), neg)
+    batch = tr.batch(log, np.arange(100, 164), neg, lq)
     assert batch.n_unique < len(batch.cand)  # the planted world's 100 items repeat within a batch
     assert (batch.cand_ids == 0).any() and batch.hard is not None and (batch.hard >= 0).any()
 

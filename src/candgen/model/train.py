@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import copy  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -33,24 +34,14 @@ import torch.nn.functional as F
 from candgen.config import EventsConfig, ModelConfig
 from candgen.data.dataset import Csr, Dataset, Interactions
 from candgen.errors import CandgenError
-from candgen.model.bags import Bags, history_bags, id_bags
+from candgen.model.batches import Batch, BatchMaker, Prefetch
 from candgen.model.export import TwoTowerModel
-from candgen.model.features import (
-    N_AGE,
-    FeatureSpace,
-    ItemCodes,
-    PositiveLog,
-    age_bucket,
-    history_len_bucket,
-    hour_bucket,
-    negatives_by_user,
-)
-from candgen.model.losses import accidental_hits, grouped_softmax_bias, grouped_softmax_loss, retrieval_loss
+from candgen.model.features import FeatureSpace, ItemCodes, PositiveLog, age_bucket, negatives_by_user
+from candgen.model.losses import accidental_hits, grouped_softmax_loss, retrieval_loss
 from candgen.model.towers import TwoTower
 from candgen.types import NO_PROGRESS, Progress
 
 VALID_FRACTION = 0.1
-CONTEXT_DROPOUT = 0.5
 LOSSES = ("softmax", "contrastive", "triplet")
 TASK = "two-tower training"
 
@@ -87,28 +78,6 @@ def split_last(interactions: Interactions, fraction: float = VALID_FRACTION) -> 
 
 
 @dataclass
-class Batch:
-    """One training step's inputs, assembled in numpy before any torch call (see `_Trainer.batch`)."""
-
-    users: np.ndarray  # (B,) user of each example
-    items: np.ndarray  # (B,) its positive item
-    ts: np.ndarray  # (B,) its timestamp
-    hist: np.ndarray  # (B, L) history items, most recent first (0 in empty slots)
-    hist_weights: np.ndarray  # (B, L) float32, normalised to sum 1 per row (0 in empty slots)
-    hours: np.ndarray  # (B,) hour-of-day code after context dropout
-    cand: np.ndarray  # (C,) candidates: the B positives, the M random negatives, then B hard negatives if any
-    cand_ids: np.ndarray  # (C,) their id buckets after id dropout
-    cand_age: np.ndarray  # (C,) their age buckets
-    n_random: int  # M
-    hard: np.ndarray | None  # (B,) each user's hard negative, -1 for none; None when the data has none
-    inverse: np.ndarray  # (C,) row of each candidate among the distinct candidates the item tower embeds
-    n_unique: int  # number of distinct candidates
-    id_bags: Bags  # n_unique item id bags, then B history id bags
-    feat_bags: Bags  # n_unique item feature bags, then B user feature bags
-    weight: np.ndarray  # (B,) float32 event weight of each example
-
-
-@dataclass
 class TrainReport:
     epochs_run: int = 0
     best_epoch: int = 0
@@ -128,12 +97,10 @@ class _Trainer:
         self.ds, self.space, self.config, self.events = ds, space, config, events
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
-        self.codes = space.encode_catalog(ds)
-        users = np.arange(ds.n_users)
-        self.user_attrs = space.encode_user_attributes(ds, users)
-        self.user_interests = space.encode_user_interests(ds, users)
+        self.batches = BatchMaker(ds, space, config, self.rng)
+        self.codes = self.batches.codes
+        self.user_attrs, self.user_interests = self.batches.user_attrs, self.batches.user_interests
         self.model = TwoTower(space, config.dim)
-        self.layout = self.model.tables.layout
         sparse = self.model.tables.sparse_parameters()
         dense = [p for p in self.model.parameters() if all(p is not q for q in sparse)]
         self.opt_sparse = torch.optim.SparseAdam(sparse, lr=config.learning_rate) if sparse else None
@@ -163,39 +130,6 @@ class _Trainer:
                 self.bank[rows] = self.model.item(*self._item_tensors(rows, self.now, drop_ids=False))
         self.model.train()
 
-    def batch(self, log: PositiveLog, ex: np.ndarray, neg: Csr) -> Batch:
-        """Everything one step needs, in numpy and vectorised over the batch (no Python loop per example)."""
-        cfg = self.config
-        users, items, ts = log.user[ex], log.item[ex], log.timestamp[ex]
-        hist, hw = log.history(users, log.rank[ex], cfg.history_len, self.space.history_decay)
-        wsum = hw.sum(axis=1, keepdims=True)
-        wn = (hw / np.where(wsum > 0, wsum, 1)).astype(np.float32)
-        hours = self._hours(ts)
-        b, m = len(ex), cfg.random_negatives
-        rand = self.rng.integers(0, self.ds.n_items, m) if m else np.zeros(0, np.int64)
-        hard = self._hard_negatives(users, neg) if cfg.hard_negatives else None
-        cand = np.concatenate([items, rand] + ([np.maximum(hard, 0)] if hard is not None else []))
-        cand_now = np.concatenate([ts, np.full(m, int(np.median(ts)))] + ([ts] if hard is not None else []))
-        ids = self.codes.id_bucket[cand]
-        if cfg.id_dropout > 0:
-            ids = np.where(self.rng.random(len(ids)) < cfg.id_dropout, 0, ids)
-        age = age_bucket(self.codes.created_at[cand], cand_now)
-        # the item tower runs once per distinct (item, age bucket, id kept) of the batch, not per occurrence
-        key = (cand * N_AGE + age) * 2 + (ids > 0)
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        u_items = cand[first]
-        hist_ids = self.codes.id_bucket[hist]
-        feats = Bags.concat([
-            self.layout.item_bags(self.codes.tags[u_items], self.codes.category[u_items],
-                                  self.codes.creator[u_items], age[first]),
-            self.layout.user_bags(self.user_attrs[users], self.user_interests[users], np.zeros(b, np.int64), hours,
-                                  history_len_bucket((hw > 0).sum(axis=1))),
-        ])
-        id_rows = Bags.concat([id_bags(ids[first]), history_bags(np.where(hist_ids > 0, hist_ids, -1), wn)])
-        return Batch(users=users, items=items, ts=ts, hist=hist, hist_weights=wn, hours=hours, cand=cand, cand_ids=ids,
-                     cand_age=age, n_random=m, hard=hard, inverse=inverse.reshape(-1), n_unique=len(first),
-                     id_bags=id_rows, feat_bags=feats, weight=log.weight[ex])
-
     def history_vectors(self, batch: Batch) -> torch.Tensor:
         """(B, D) weighted pool of the history items' bank vectors (no gradient)."""
         return F.embedding_bag(torch.from_numpy(batch.hist), self.bank, mode="sum",
@@ -222,9 +156,16 @@ class _Trainer:
         return retrieval_loss(cfg.loss, scores, target, valid, temperature=cfg.temperature, margin=cfg.margin,
                               log_q=log_q, weight=weight)
 
+    def batch(self, log: PositiveLog, ex: np.ndarray, neg: Csr, log_q_table: torch.Tensor | None) -> Batch:
+        return self.batches.make(log, ex, neg, self.inv_q(log_q_table))
+
     def step(self, log: PositiveLog, ex: np.ndarray, *, log_q_table: torch.Tensor | None, neg: Csr,
              weight_scale: float) -> float:
-        batch = self.batch(log, ex, neg)
+        """Assemble and train on the batch of examples `ex` (rows of `log`); returns the loss."""
+        return self.train_batch(self.batch(log, ex, neg, log_q_table), log_q_table=log_q_table,
+                                weight_scale=weight_scale)
+
+    def train_batch(self, batch: Batch, *, log_q_table: torch.Tensor | None, weight_scale: float) -> float:
         loss = self.batch_loss(batch, log_q_table=log_q_table, weight_scale=weight_scale)
         for opt in (self.opt_sparse, self.opt_dense):
             if opt is not None:
@@ -240,37 +181,22 @@ class _Trainer:
         distinct candidate embedded and (for the softmax) scored once."""
         users, unique_items = self.model.encode(batch.id_bags, batch.feat_bags, batch.n_unique,
                                                 self.history_vectors(batch))
-        if self.config.loss != "softmax":
+        if batch.softmax_bias is None or batch.softmax_target is None:
             items = unique_items[torch.from_numpy(batch.inverse)]
             return self.loss(batch, users, items, log_q_table=log_q_table, weight_scale=weight_scale)
-        bias, target = grouped_softmax_bias(batch.inverse, batch.cand, batch.items, batch.n_random, batch.hard,
-                                            self._inv_q(log_q_table))
         w = batch.weight.astype(np.float64) * weight_scale
         w = (w / max(w.sum(), 1e-12)).astype(np.float32)
-        return grouped_softmax_loss(users, unique_items, torch.from_numpy(bias), torch.from_numpy(target),
-                                    temperature=self.config.temperature, weight=torch.from_numpy(w))
+        return grouped_softmax_loss(users, unique_items, torch.from_numpy(batch.softmax_bias),
+                                    torch.from_numpy(batch.softmax_target), temperature=self.config.temperature,
+                                    weight=torch.from_numpy(w))
 
-    def _inv_q(self, log_q_table: torch.Tensor | None) -> np.ndarray | None:
+    def inv_q(self, log_q_table: torch.Tensor | None) -> np.ndarray | None:
         """exp(-logQ) per item (cached per table)."""
         if log_q_table is None:
             return None
         if self._inv_q_of is not log_q_table:
             self._inv_q_of, self._inv_q_table = log_q_table, np.exp(-log_q_table.numpy().astype(np.float64))
         return self._inv_q_table
-
-    def _hours(self, ts: np.ndarray) -> np.ndarray:
-        """Hour-of-day context, dropped (unknown) for half the examples: requests may come without it, and
-        offline recommendation has no real request time, so the model must not lean on it alone."""
-        h = hour_bucket(ts).astype(np.int64)
-        return np.where(self.rng.random(len(h)) < CONTEXT_DROPOUT, 0, h)
-
-    def _hard_negatives(self, users: np.ndarray, neg: Csr) -> np.ndarray | None:
-        ptr, idx = neg.ptr, neg.idx
-        if len(idx) == 0:
-            return None
-        cnt = ptr[users + 1] - ptr[users]
-        pick = ptr[users] + (self.rng.random(len(users)) * cnt).astype(np.int64)
-        return np.where(cnt > 0, idx[np.minimum(pick, len(idx) - 1)], -1).astype(np.int64)
 
     def export(self, config: ModelConfig, info: dict[str, object]) -> TwoTowerModel:
         self.refresh_bank()
@@ -378,32 +304,41 @@ def _fit(ds: Dataset, space: FeatureSpace, config: ModelConfig, events: EventsCo
     progress.task(TASK, total=total_epochs * steps * bs)
     best_state, best, stale = None, -1.0, 0
     t0, loss = time.perf_counter(), float("nan")
-    for epoch in range(epochs):
-        perm = trainer.rng.permutation(n)
-        total_loss = 0.0
-        for s in range(steps):
-            if s % refresh_every == 0:
-                trainer.refresh_bank()
-            loss = trainer.step(log, perm[s * bs:(s + 1) * bs], log_q_table=log_q, neg=neg, weight_scale=scale)
-            total_loss += loss
-            report.examples += bs
-            rate = report.examples / (time.perf_counter() - t0)
-            progress.advance(TASK, bs, epoch=epoch + 1, loss=loss, ex_s=rate)
-        report.epochs_run = epoch + 1
-        report.final_loss = loss
-        report.epoch_losses.append(total_loss / max(steps, 1))  # type: ignore[union-attr]
-        if valid is None:
-            report.best_epoch = epoch + 1
-            continue
-        recall = recall_at_k(trainer.export(config, {}), ds, valid, events, config.eval_k)
-        report.valid_recalls.append(recall)  # type: ignore[union-attr]
-        if math.isnan(recall) or recall > best:
-            best, best_state, stale = recall, copy.deepcopy(trainer.model.state_dict()), 0
-            report.best_epoch, report.best_valid_recall = epoch + 1, recall
-        else:
-            stale += 1
-            if stale > config.patience:
-                break
+
+    inv_q = trainer.inv_q(log_q)
+
+    def batches() -> Iterator[Batch]:  # runs in the prefetch thread: the only user of trainer.rng during the fit
+        for _ in range(epochs):
+            perm = trainer.rng.permutation(n)
+            for s in range(steps):
+                yield trainer.batches.make(log, perm[s * bs:(s + 1) * bs], neg, inv_q)
+
+    with Prefetch(batches()) as stream:
+        for epoch in range(epochs):
+            total_loss = 0.0
+            for s in range(steps):
+                if s % refresh_every == 0:
+                    trainer.refresh_bank()
+                loss = trainer.train_batch(next(stream), log_q_table=log_q, weight_scale=scale)
+                total_loss += loss
+                report.examples += bs
+                rate = report.examples / (time.perf_counter() - t0)
+                progress.advance(TASK, bs, epoch=epoch + 1, loss=loss, ex_s=rate)
+            report.epochs_run = epoch + 1
+            report.final_loss = loss
+            report.epoch_losses.append(total_loss / max(steps, 1))  # type: ignore[union-attr]
+            if valid is None:
+                report.best_epoch = epoch + 1
+                continue
+            recall = recall_at_k(trainer.export(config, {}), ds, valid, events, config.eval_k)
+            report.valid_recalls.append(recall)  # type: ignore[union-attr]
+            if math.isnan(recall) or recall > best:
+                best, best_state, stale = recall, copy.deepcopy(trainer.model.state_dict()), 0
+                report.best_epoch, report.best_valid_recall = epoch + 1, recall
+            else:
+                stale += 1
+                if stale > config.patience:
+                    break
     if best_state is not None:
         trainer.model.load_state_dict(best_state)
     report.seconds = time.perf_counter() - t0
