@@ -12,7 +12,7 @@ from candgen.model.losses import (
     MASKED,
     accidental_hits,
     contrastive_loss,
-    grouped_softmax_bias,
+    grouped_softmax_inputs,
     grouped_softmax_loss,
     retrieval_loss,
     softmax_loss,
@@ -120,6 +120,14 @@ def test_grouped_softmax_equals_the_per_occurrence_softmax(with_hard, with_logq)
     # was dropped), so the same item can sit in two groups
     key = cand * 2 + (np.arange(len(cand)) == 7)
     _, inverse = np.unique(key, return_inverse=True)
+    # number the groups of sampled candidates first; hard negatives 9 and 1 share groups with random negatives,
+    # hard negative 3 (user 2's own positive) shares its positive's group
+    sampled = np.isin(np.arange(inverse.max() + 1), inverse[:9])
+    rank = np.argsort(np.argsort(~sampled, kind="stable"))
+    inverse = rank[inverse]
+    if with_hard:
+        with pytest.raises(ValueError, match="numbered 0..S-1"):
+            grouped_softmax_inputs(inverse.max() - inverse, cand, items, len(rand), hard, None)
     log_q = np.log(rng.uniform(0.05, 2.0, 10)) if with_logq else None
     users = torch.nn.functional.normalize(torch.randn(4, 6, generator=torch.Generator().manual_seed(1)), dim=1)
     groups = torch.nn.functional.normalize(torch.randn(inverse.max() + 1, 6,
@@ -128,10 +136,10 @@ def test_grouped_softmax_equals_the_per_occurrence_softmax(with_hard, with_logq)
     weight = torch.tensor([1.0, 2.0, 0.5, 1.5])
     ref = _per_occurrence_softmax(users, groups[torch.from_numpy(inverse)], cand, items, len(rand),
                                   hard if with_hard else None, log_q, weight, 0.2)
-    bias, target = grouped_softmax_bias(inverse, cand, items, len(rand), hard if with_hard else None,
-                                        None if log_q is None else np.exp(-log_q))
-    got = grouped_softmax_loss(users, groups, torch.from_numpy(bias), torch.from_numpy(target), temperature=0.2,
-                               weight=weight / weight.sum())
+    inputs = grouped_softmax_inputs(inverse, cand, items, len(rand), hard if with_hard else None,
+                                    None if log_q is None else np.exp(-log_q))
+    bias, target = inputs.bias, inputs.target
+    got = grouped_softmax_loss(users, groups, inputs, temperature=0.2, weight=weight / weight.sum())
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)
     g_ref = torch.autograd.grad(ref, (users, groups))
     g_got = torch.autograd.grad(got, (users, groups))

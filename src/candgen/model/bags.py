@@ -12,7 +12,7 @@ bags rather than pointing at a zero row, so they cost nothing and never receive 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +33,7 @@ class Bags:
     ptr: np.ndarray  # int64 (n_bags + 1,)
     idx: np.ndarray  # int64 table rows
     weight: np.ndarray  # float32, one per entry of idx
+    _transposed: dict[int, sp.csc_matrix] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_bags(self) -> int:
@@ -61,9 +62,19 @@ class Bags:
 
     def matrix(self, n_rows: int) -> sp.csr_matrix:
         """The (n_bags, n_rows) sparse matrix P with P[b, r] = summed weight of row r in bag b."""
+        self._check(n_rows)
+        return sp.csr_matrix((self.weight, self.idx, self.ptr), shape=(self.n_bags, n_rows))
+
+    def transposed(self, n_rows: int) -> sp.csc_matrix:
+        """P.T, (n_rows, n_bags), the backward pass of a bag sum; built once (a batch can build it ahead)."""
+        if n_rows not in self._transposed:
+            self._check(n_rows)
+            self._transposed[n_rows] = sp.csc_matrix((self.weight, self.idx, self.ptr), shape=(n_rows, self.n_bags))
+        return self._transposed[n_rows]
+
+    def _check(self, n_rows: int) -> None:
         if len(self.idx) and (self.idx.min() < 0 or self.idx.max() >= n_rows):
             raise ValueError(f"bag rows must lie in [0, {n_rows}), got {self.idx.min()}..{self.idx.max()}")
-        return sp.csr_matrix((self.weight, self.idx, self.ptr), shape=(self.n_bags, n_rows))
 
 
 @dataclass(frozen=True)

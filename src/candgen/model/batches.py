@@ -23,7 +23,7 @@ from candgen.config import ModelConfig
 from candgen.data.dataset import Csr, Dataset
 from candgen.model.bags import Bags, TableLayout, history_bags, id_bags
 from candgen.model.features import N_AGE, FeatureSpace, PositiveLog, age_bucket, history_len_bucket, hour_bucket
-from candgen.model.losses import grouped_softmax_bias
+from candgen.model.losses import GroupedSoftmax, grouped_softmax_inputs
 
 CONTEXT_DROPOUT = 0.5
 T = TypeVar("T")
@@ -48,8 +48,8 @@ class Batch:
     id_bags: Bags  # n_unique item id bags, then B history id bags
     feat_bags: Bags  # n_unique item feature bags, then B user feature bags
     weight: np.ndarray  # (B,) float32 event weight of each example
-    softmax_bias: np.ndarray | None = None  # (B, n_unique) see `grouped_softmax_bias`; None for other losses
-    softmax_target: np.ndarray | None = None  # (B,) the positive's distinct candidate
+    softmax: GroupedSoftmax | None = None  # the softmax loss's inputs; None for the other losses
+    softmax_weight: np.ndarray | None = None  # (B,) float32 example weights normalised to sum 1
 
 
 class BatchMaker:
@@ -59,6 +59,7 @@ class BatchMaker:
         self.config, self.rng, self.n_items = config, rng, ds.n_items
         self.history_decay = space.history_decay
         self.layout = TableLayout.of(space)
+        self.id_rows = max(space.id_buckets, 1)
         self.codes = space.encode_catalog(ds)
         users = np.arange(ds.n_users)
         self.user_attrs = space.encode_user_attributes(ds, users)
@@ -84,7 +85,7 @@ class BatchMaker:
         # the item tower runs once per distinct (item, age bucket, id kept) of the batch, not per occurrence
         key = (cand * N_AGE + age) * 2 + (ids > 0)
         _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        first, inverse = _sampled_first(first, inverse.reshape(-1), b + m)
         u_items = cand[first]
         hist_ids = codes.id_bucket[hist]
         feats = Bags.concat([
@@ -93,11 +94,16 @@ class BatchMaker:
                                   history_len_bucket((hw > 0).sum(axis=1))),
         ])
         id_rows = Bags.concat([id_bags(ids[first]), history_bags(np.where(hist_ids > 0, hist_ids, -1), wn)])
-        bias, target = (grouped_softmax_bias(inverse, cand, items, m, hard, inv_q) if cfg.loss == "softmax"
-                        else (None, None))
-        return Batch(users=users, items=items, hist=hist, hist_weights=wn, hours=hours, cand=cand, cand_ids=ids,
-                     cand_age=age, n_random=m, hard=hard, inverse=inverse, n_unique=len(first), id_bags=id_rows,
-                     feat_bags=feats, weight=log.weight[ex], softmax_bias=bias, softmax_target=target)
+        id_rows.transposed(self.id_rows)  # the backward pass's matrices, built here rather than on the training thread
+        feats.transposed(self.layout.n_rows)
+        weight = log.weight[ex]
+        batch = Batch(users=users, items=items, hist=hist, hist_weights=wn, hours=hours, cand=cand, cand_ids=ids,
+                      cand_age=age, n_random=m, hard=hard, inverse=inverse, n_unique=len(first), id_bags=id_rows,
+                      feat_bags=feats, weight=weight)
+        if cfg.loss == "softmax":
+            batch.softmax = grouped_softmax_inputs(inverse, cand, items, m, hard, inv_q)
+            batch.softmax_weight = (weight / max(float(weight.sum()), 1e-12)).astype(np.float32)
+        return batch
 
     def _hours(self, ts: np.ndarray) -> np.ndarray:
         """Hour-of-day context, dropped (unknown) for half the examples: requests may come without it, and
@@ -112,6 +118,17 @@ class BatchMaker:
         cnt = ptr[users + 1] - ptr[users]
         pick = ptr[users] + (self.rng.random(len(users)) * cnt).astype(np.int64)
         return np.where(cnt > 0, idx[np.minimum(pick, len(idx) - 1)], -1).astype(np.int64)
+
+
+def _sampled_first(first: np.ndarray, inverse: np.ndarray, n_sampled: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the distinct candidates so that those holding one of the first `n_sampled` candidates (positives
+    and random negatives) come first, before the groups of hard negatives only."""
+    sampled = np.zeros(len(first), dtype=bool)
+    sampled[inverse[:n_sampled]] = True
+    order = np.argsort(~sampled, kind="stable")
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
+    return first[order], rank[inverse]
 
 
 class _Failure:

@@ -11,13 +11,15 @@ shared and only the objective changes with `ModelConfig.loss`:
   set, subtracted from the logits (the sampling-probability correction of Yi et al. 2019), so popular
   items are not over-penalised just for being sampled more often.
 
-`grouped_softmax_bias` + `grouped_softmax_loss` compute the same softmax loss with each distinct candidate
+`grouped_softmax_inputs` + `grouped_softmax_loss` compute the same softmax loss with each distinct candidate
 scored once: a candidate that occurs k times among a user's (logQ-corrected) candidates contributes
 k * exp(s/T - logQ) to the partition function, i.e. one logit s/T + log(k exp(-logQ)). The training
 step uses it because the item tower then runs once per distinct item of the batch.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,40 +72,58 @@ def triplet_loss(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     return _mean(loss, weight)
 
 
-def grouped_softmax_bias(inverse: np.ndarray, cand: np.ndarray, items: np.ndarray, n_random: int,
-                         hard: np.ndarray | None, inv_q: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(bias (B, U) float32, target (B,)) of the sampled softmax over U distinct candidates.
+@dataclass
+class GroupedSoftmax:
+    """A batch's inputs to `grouped_softmax_loss` (numpy), from `grouped_softmax_inputs`."""
 
-    inverse (C,): distinct candidate of each candidate; cand (C,): its item. The C candidates are the B
-    positives (user b's target is candidate b), `n_random` shared random negatives, then, if `hard` is given,
-    one hard negative per user (-1 = none). inv_q (n_items,): exp(-logQ) per item, None for no correction.
-    bias[b, u] = log of the summed correction weights of user b's candidates in group u; the positive counts
-    once, every other occurrence of the user's positive item (accidental hits) and groups with no candidate of
-    the user get MASKED. A hard negative adds weight 1 (it is not sampled by popularity).
+    bias: np.ndarray  # (B, S) float32 over the S groups holding sampled candidates (the first S groups)
+    target: np.ndarray  # (B,) int64, the group of each user's positive
+    hard: np.ndarray | None  # (B,) int64, the group of each user's hard negative (any group when it has none)
+    hard_bias: np.ndarray | None  # (B,) float32, 0 or MASKED (no valid hard negative)
+
+
+def grouped_softmax_inputs(inverse: np.ndarray, cand: np.ndarray, items: np.ndarray, n_random: int,
+                           hard: np.ndarray | None, inv_q: np.ndarray | None) -> GroupedSoftmax:
+    """The sampled softmax of a batch over its distinct candidates ("groups").
+
+    cand (C,): the B positives (user b's target is candidate b), `n_random` shared random negatives, then, if
+    `hard` is given, one hard negative per user (hard[b] = -1: none); inverse (C,): each candidate's group, the
+    groups of the B + n_random sampled candidates numbered first. inv_q (n_items,): exp(-logQ) per item, None
+    for no correction. bias[b, g] = log of the summed correction weights of the sampled candidates in group g
+    (log-multiplicity); the positive counts once, every other occurrence of the user's positive item (accidental
+    hits) is MASKED. Each hard negative keeps a column of its own user (weight 1: not sampled by popularity).
     """
     b, s = len(items), len(items) + n_random
-    u = int(inverse.max()) + 1
+    present = np.bincount(inverse[:s]) > 0
+    if not present.all():
+        raise ValueError("the groups of the sampled candidates must be numbered 0..S-1, before the hard-only ones")
+    n_sampled = len(present)
     corr = inv_q[cand[:s]] if inv_q is not None else np.ones(s)
-    base = np.bincount(inverse[:s], weights=corr, minlength=u)
-    group_item = np.empty(u, dtype=np.int64)
-    group_item[inverse] = cand
-    with np.errstate(divide="ignore"):
-        bias = np.repeat(np.where(base > 0, np.log(base), MASKED)[None, :], b, axis=0)
+    base = np.bincount(inverse[:s], weights=corr, minlength=n_sampled)
+    group_item = np.empty(n_sampled, dtype=np.int64)
+    group_item[inverse[:s]] = cand[:s]
+    bias = np.repeat(np.log(base)[None, :], b, axis=0)  # every sampled group has a positive weight
     bias[group_item[None, :] == items[:, None]] = MASKED
     rows, target = np.arange(b), inverse[:b]
     bias[rows, target] = np.log(corr[:b])
-    if hard is not None:
-        ok = (hard >= 0) & (hard != items)
-        cols = inverse[s:][ok]
-        bias[rows[ok], cols] = np.logaddexp(bias[rows[ok], cols], 0.0)
-    return bias.astype(np.float32), target.astype(np.int64)
+    if hard is None:
+        return GroupedSoftmax(bias.astype(np.float32), target.astype(np.int64), None, None)
+    ok = (hard >= 0) & (hard != items)
+    return GroupedSoftmax(bias.astype(np.float32), target.astype(np.int64), inverse[s:].astype(np.int64),
+                          np.where(ok, 0.0, MASKED).astype(np.float32))
 
 
-def grouped_softmax_loss(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor, target: torch.Tensor, *,
-                         temperature: float, weight: torch.Tensor) -> torch.Tensor:
-    """Sampled softmax over distinct candidates (see `grouped_softmax_bias`); weight (B,) sums to 1."""
-    logits = torch.addmm(bias, users, items.T, alpha=1.0 / temperature)
-    return (F.cross_entropy(logits, target, reduction="none") * weight).sum()
+def grouped_softmax_loss(users: torch.Tensor, groups: torch.Tensor, inputs: GroupedSoftmax, *, temperature: float,
+                         weight: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax over distinct candidates (see `grouped_softmax_inputs`); groups (U, D) are the groups'
+    item vectors, weight (B,) sums to 1."""
+    n_sampled = inputs.bias.shape[1]
+    logits = torch.addmm(torch.from_numpy(inputs.bias), users, groups[:n_sampled].T, alpha=1.0 / temperature)
+    if inputs.hard is not None and inputs.hard_bias is not None:
+        hard = (users * groups[torch.from_numpy(inputs.hard)]).sum(dim=1) / temperature
+        logits = torch.cat([logits, (hard + torch.from_numpy(inputs.hard_bias))[:, None]], dim=1)
+    loss = F.cross_entropy(logits, torch.from_numpy(inputs.target), reduction="none")
+    return (loss * weight).sum()
 
 
 def retrieval_loss(name: str, scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,

@@ -44,34 +44,61 @@ EXPORT_TABLES = {
 
 class _BagSum(torch.autograd.Function):
     """out[b] = sum of weight[r] * w over the (r, w) entries of bag b, i.e. P @ weight with P the bags' sparse
-    matrix. The backward pass is P.T @ grad (scipy, no sort of the entries): a dense gradient, or a row-sparse
-    one over the rows the bags touch (for SparseAdam)."""
+    matrix, returned as two tensors (bags before `split`, bags from `split` on) so that callers need no slicing.
+    The backward pass is P.T @ grad (scipy, no sort of the entries): a dense gradient, or a row-sparse one over
+    the rows the bags touch (for SparseAdam)."""
 
     @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, bags: Bags, sparse: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, weight: torch.Tensor, bags: Bags, split: int,  # type: ignore[override]
+                sparse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.bags, ctx.sparse, ctx.shape = bags, sparse, tuple(weight.shape)
-        if len(bags.idx) == 0:
-            return weight.new_zeros(bags.n_bags, weight.shape[1])
-        return F.embedding_bag(torch.from_numpy(bags.idx), weight, torch.from_numpy(bags.ptr[:-1]), mode="sum",
-                               per_sample_weights=torch.from_numpy(bags.weight))
+        cut = int(bags.ptr[split])
+        return (_embedding_sum(weight, bags.idx[:cut], bags.ptr[:split], bags.weight[:cut]),
+                _embedding_sum(weight, bags.idx[cut:], bags.ptr[split:-1] - cut, bags.weight[cut:]))
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_head: torch.Tensor | None,  # type: ignore[override]
+                 grad_tail: torch.Tensor | None) -> tuple[torch.Tensor, None, None, None]:
         bags: Bags = ctx.bags
-        g = grad.detach().contiguous().numpy()
+        n_rows, dim = ctx.shape
+        g = _joined(grad_head, grad_tail, bags.n_bags, dim)
         if not ctx.sparse:
-            return torch.from_numpy(np.ascontiguousarray(bags.matrix(ctx.shape[0]).T @ g, dtype=np.float32)), None, None
+            return torch.from_numpy(np.asarray(bags.transposed(n_rows) @ g, dtype=np.float32)), None, None, None
         rows, local = np.unique(bags.idx, return_inverse=True)
-        values = Bags(bags.ptr, local.astype(np.int64), bags.weight).matrix(len(rows)).T @ g
+        values = Bags(bags.ptr, local.reshape(-1).astype(np.int64), bags.weight).transposed(len(rows)) @ g
         out = torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(np.asarray(values, np.float32)),
                                       ctx.shape, is_coalesced=True, check_invariants=False)
-        return out, None, None
+        return out, None, None, None
+
+
+def _embedding_sum(weight: torch.Tensor, idx: np.ndarray, offsets: np.ndarray, w: np.ndarray) -> torch.Tensor:
+    if len(idx) == 0:
+        return weight.new_zeros(len(offsets), weight.shape[1])
+    return F.embedding_bag(torch.from_numpy(idx), weight, torch.from_numpy(offsets), mode="sum",
+                           per_sample_weights=torch.from_numpy(w))
+
+
+def _joined(head: torch.Tensor | None, tail: torch.Tensor | None, n_bags: int, dim: int) -> np.ndarray:
+    """The two output gradients as one contiguous (n_bags, dim) float32 array (an unused output has none)."""
+    out = np.zeros((n_bags, dim), np.float32)
+    if head is not None:
+        out[:len(head)] = head.detach().numpy()
+    if tail is not None:
+        out[n_bags - len(tail):] = tail.detach().numpy()
+    return out
 
 
 def bag_sum(weight: torch.Tensor, bags: Bags, *, sparse: bool = False) -> torch.Tensor:
     """(n_bags, dim): each bag's weighted sum of rows of `weight`, differentiable in `weight`."""
-    out: torch.Tensor = _BagSum.apply(weight, bags, sparse)
-    return out
+    head, _ = _BagSum.apply(weight, bags, bags.n_bags, sparse)
+    return head  # type: ignore[no-any-return]
+
+
+def bag_sum_split(weight: torch.Tensor, bags: Bags, split: int, *, sparse: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`bag_sum` of bags [0, split) and [split, n_bags) as two tensors (one pass over the table each way)."""
+    head, tail = _BagSum.apply(weight, bags, split, sparse)
+    return head, tail
 
 
 class EmbeddingTables(nn.Module):
@@ -187,10 +214,10 @@ class TwoTower(nn.Module):
         users' (`TableLayout.user_bags`); history_vectors: (users, dim) pooled item-tower outputs (no gradient).
         """
         t = self.tables
-        id_sum = bag_sum(t.ids, ids, sparse=t.sparse_ids)
-        feat_sum = bag_sum(t.feats, feats, sparse=t.sparse_feats)
-        items = self.item.head(id_sum[:n_items] + feat_sum[:n_items])
-        users = self.user.head(feat_sum[n_items:], history_vectors, id_sum[n_items:])
+        item_ids, history_ids = bag_sum_split(t.ids, ids, n_items, sparse=t.sparse_ids)
+        item_feats, user_feats = bag_sum_split(t.feats, feats, n_items, sparse=t.sparse_feats)
+        items = self.item.head(item_ids + item_feats)
+        users = self.user.head(user_feats, history_vectors, history_ids)
         return users, items
 
     def export_weights(self) -> dict[str, np.ndarray]:

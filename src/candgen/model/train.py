@@ -181,14 +181,12 @@ class _Trainer:
         distinct candidate embedded and (for the softmax) scored once."""
         users, unique_items = self.model.encode(batch.id_bags, batch.feat_bags, batch.n_unique,
                                                 self.history_vectors(batch))
-        if batch.softmax_bias is None or batch.softmax_target is None:
+        if batch.softmax is None or batch.softmax_weight is None:
             items = unique_items[torch.from_numpy(batch.inverse)]
             return self.loss(batch, users, items, log_q_table=log_q_table, weight_scale=weight_scale)
-        w = batch.weight.astype(np.float64) * weight_scale
-        w = (w / max(w.sum(), 1e-12)).astype(np.float32)
-        return grouped_softmax_loss(users, unique_items, torch.from_numpy(batch.softmax_bias),
-                                    torch.from_numpy(batch.softmax_target), temperature=self.config.temperature,
-                                    weight=torch.from_numpy(w))
+        # weight_scale cancels in the weighted mean
+        return grouped_softmax_loss(users, unique_items, batch.softmax, temperature=self.config.temperature,
+                                    weight=torch.from_numpy(batch.softmax_weight))
 
     def inv_q(self, log_q_table: torch.Tensor | None) -> np.ndarray | None:
         """exp(-logQ) per item (cached per table)."""
