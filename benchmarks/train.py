@@ -122,9 +122,10 @@ def main() -> None:
         ("split", f"time quantile {args.fraction}: {len(split.train.interactions)} train rows, "
                   f"{sum(1 for t in truth if t)} warm test users with ground truth"),
     ]
-    for threads in (1, 2):
-        wall, cpu = step_throughput(split.train, cfg, events, threads=threads)
-        rows.append((f"training steps, {threads} thread(s)", f"{wall:,.0f} examples/s wall, {cpu:,.0f} per CPU-second"))
+    for threads, prefetch in ((1, False), (1, True), (2, True)):
+        wall, cpu = step_throughput(split.train, cfg, events, threads=threads, prefetch=prefetch)
+        rows.append((f"training steps, {threads} torch thread(s){', prefetched batches' if prefetch else ''}",
+                     f"{wall:,.0f} examples/s wall, {cpu:,.0f} per CPU-second"))
     if args.throughput_only:
         args.only_als = args.no_als = True
     if not args.only_als:
@@ -160,11 +161,14 @@ def two_tower_rows(split, cfg, events, warm, truth, k, train_two_tower, refit): 
     return rows
 
 
-def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, threads: int,
-                    steps: int = 40) -> tuple[float, float]:
-    """Examples per second of plain training steps (no validation) with the given config, wall and per CPU-second."""
+def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, threads: int, prefetch: bool,
+                    steps: int = 60) -> tuple[float, float]:
+    """Examples per second of plain training steps (no validation) with the given config, wall and per CPU-second
+    (all threads of the process). With `prefetch` the batches are assembled in a background thread while the
+    previous step trains, as `train_two_tower` does; without, each step assembles its own batch first."""
     import torch
 
+    from candgen.model.batches import Prefetch
     from candgen.model.features import FeatureSpace, PositiveLog, negatives_by_user
     from candgen.model.train import _log_q_table, _Trainer
 
@@ -183,8 +187,14 @@ def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, thre
         for b in batches[:5]:  # warm-up
             tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
         t, c = time.perf_counter(), time.process_time()
-        for b in batches[5:]:
-            tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
+        if prefetch:
+            inv_q = tr.inv_q(log_q)
+            with Prefetch(tr.batches.make(log, b, neg, inv_q) for b in batches[5:]) as stream:
+                for batch in stream:
+                    tr.train_batch(batch, log_q_table=log_q, weight_scale=1.0)
+        else:
+            for b in batches[5:]:
+                tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         return steps * bs / wall, steps * bs / cpu
     finally:
