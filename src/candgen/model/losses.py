@@ -120,8 +120,9 @@ def grouped_softmax_loss(users: torch.Tensor, groups: torch.Tensor, inputs: Grou
     n_sampled = inputs.bias.shape[1]
     logits = torch.addmm(torch.from_numpy(inputs.bias), users, groups[:n_sampled].T, alpha=1.0 / temperature)
     if inputs.hard is not None and inputs.hard_bias is not None:
-        hard = (users * groups[torch.from_numpy(inputs.hard)]).sum(dim=1) / temperature
-        logits = torch.cat([logits, (hard + torch.from_numpy(inputs.hard_bias))[:, None]], dim=1)
+        hard = (users * groups[torch.from_numpy(inputs.hard)]).sum(dim=1, keepdim=True)
+        logits = torch.cat([logits, torch.add(torch.from_numpy(inputs.hard_bias)[:, None], hard,
+                                              alpha=1.0 / temperature)], dim=1)
     loss = F.cross_entropy(logits, torch.from_numpy(inputs.target), reduction="none")
     return (loss * weight).sum()
 
