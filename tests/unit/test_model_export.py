@@ -52,7 +52,7 @@ def test_item_tower_matches_torch(world, trainer, model):
     now = int(world.interactions.timestamp.max())
     rows = np.arange(world.n_items)
     with torch.no_grad():
-        ref = trainer.model.item(*trainer._item_tensors(rows, now, drop_ids=False)).numpy()
+        ref = trainer.model.item(*trainer._item_tensors(rows, now)).numpy()
     got = model.item_embeddings(world, now=now)
     assert got.shape == (world.n_items, model.dim) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -10,6 +10,11 @@ them. The sampled softmax subtracts log(expected count of each candidate in the 
 Early stopping on recall@`eval_k` of a validation slice (by default the last 10% of the training
 interactions by time; the model is then retrained on all the data for the best number of epochs, so the
 freshest engagements are not lost).
+
+Speed (benchmarks/README.md, "training"): a background thread assembles the next batches in numpy
+(`batches.py`) while this thread trains; each embedding table is read once per batch through weighted bags
+(`TwoTower.encode`), the item tower and the softmax see each distinct candidate once, and the dense
+parameters share one fused AdamW kernel (tables of `towers.SPARSE_ROWS` rows or more use SparseAdam).
 """
 
 from __future__ import annotations
@@ -112,14 +117,11 @@ class _Trainer:
         self._inv_q_of: torch.Tensor | None = None
         self._inv_q_table = np.zeros(0)
 
-    def _item_tensors(self, items: np.ndarray, now: np.ndarray | int, drop_ids: bool) -> list[torch.Tensor]:
+    def _item_tensors(self, items: np.ndarray, now: np.ndarray | int) -> list[torch.Tensor]:
         """Padded per-feature codes of `items` for the reference `ItemTower.forward`."""
         c = self.codes.take(items)
-        ids = c.id_bucket
-        if drop_ids and self.config.id_dropout > 0:
-            ids = np.where(self.rng.random(len(ids)) < self.config.id_dropout, 0, ids)
         return [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in
-                (ids, c.tags, c.category, c.creator, age_bucket(c.created_at, now))]
+                (c.id_bucket, c.tags, c.category, c.creator, age_bucket(c.created_at, now))]
 
     def refresh_bank(self) -> None:
         """Item-tower outputs of the whole catalog: the (gradient-free) history item vectors."""
@@ -127,7 +129,7 @@ class _Trainer:
         with torch.no_grad():
             for s in range(0, self.ds.n_items, 65_536):
                 rows = np.arange(s, min(self.ds.n_items, s + 65_536))
-                self.bank[rows] = self.model.item(*self._item_tensors(rows, self.now, drop_ids=False))
+                self.bank[rows] = self.model.item(*self._item_tensors(rows, self.now))
         self.model.train()
 
     def history_vectors(self, batch: Batch) -> torch.Tensor:
