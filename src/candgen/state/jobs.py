@@ -22,6 +22,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from typing import Self
 
 from candgen.config import CacheConfig
 from candgen.errors import CandgenError
@@ -32,7 +33,47 @@ log = logging.getLogger(__name__)
 LEASE = "l3"
 
 
-class L3Refresher:
+class _PeriodicJob:
+    """A daemon thread that calls `run_once` every `_period()` seconds until `stop`; an exception is logged
+    and counted in `errors` and never ends the thread. Subclasses set `_stop`, `_thread` and `errors`."""
+
+    _thread_name: str = "candgen-job"
+    _what: str = "background job"
+    _stop: threading.Event
+    _thread: threading.Thread | None
+    errors: int
+
+    def _period(self) -> float:
+        raise NotImplementedError
+
+    def run_once(self) -> object:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period()):
+            try:
+                self.run_once()
+            except Exception:  # a broken store or a bad round must not end the thread: try again next period
+                self.errors += 1
+                log.exception("%s failed", self._what)
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            raise CandgenError(f"the {self._what} is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=self._thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to stop and wait for it (up to `timeout_s`; a round in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+
+class L3Refresher(_PeriodicJob):
     """A daemon thread refreshing L3 every `config.l3_refresh_s` seconds; `run_once()` does one round now.
 
     `note_activity` is thread-safe and O(1). Exceptions raised by `compute` are logged and counted in
@@ -97,28 +138,10 @@ class L3Refresher:
         self.refreshed += written
         return written
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.l3_refresh_s):
-            try:
-                self.run_once()
-            except Exception:  # a broken store must not end the thread: try again next period
-                self.errors += 1
-                log.exception("L3 refresh round failed")
+    _thread_name, _what = "candgen-l3-refresh", "L3 refresher"
 
-    def start(self) -> L3Refresher:
-        if self._thread is not None:
-            raise CandgenError("the L3 refresher is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="candgen-l3-refresh", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Ask the thread to stop and wait for it (up to `timeout_s`)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+    def _period(self) -> float:
+        return self.config.l3_refresh_s
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -127,7 +150,7 @@ class L3Refresher:
                 "skipped_rounds": self.skipped_rounds, "tracked_users": tracked}
 
 
-class SnapshotJob:
+class SnapshotJob(_PeriodicJob):
     """A daemon thread that snapshots the shared log: every `check_s` seconds, when `due()` says so, it calls
     `take()` (which holds the snapshot lease itself, so one worker at a time snapshots; it returns None when
     another worker holds it). `run_once()` does one check now.
@@ -154,28 +177,10 @@ class SnapshotJob:
         self.taken += 1
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.check_s):
-            try:
-                self.run_once()
-            except Exception:  # a failing store or a bad snapshot must not end the thread: try again later
-                self.errors += 1
-                log.exception("snapshot job failed")
+    _thread_name, _what = "candgen-snapshot", "snapshot job"
 
-    def start(self) -> SnapshotJob:
-        if self._thread is not None:
-            raise CandgenError("the snapshot job is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="candgen-snapshot", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Ask the thread to stop and wait for it (up to `timeout_s`; a snapshot in progress finishes first)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+    def _period(self) -> float:
+        return self.check_s
 
     def stats(self) -> dict[str, int]:
         return {"checks": self.checks, "taken": self.taken, "busy": self.busy, "errors": self.errors}
