@@ -47,7 +47,7 @@ def test_pava_pools_increasing_runs():
     assert pava_decreasing(np.array([5.0, 4.0]), np.ones(2)).tolist() == [5.0, 4.0]
 
 
-def test_fit_curve_shrinks_sparse_bins_is_monotone_and_extends_the_last_reached_bin():
+def test_fit_curve_shrinks_sparse_bins_is_monotone_and_floors_unreached_bins():
     hits = np.zeros(NB)
     shown = np.zeros(NB)
     hits[:3], shown[:3] = [1, 0, 1], [1, 1, 1]  # three items shown, ranks 1-3
@@ -55,7 +55,7 @@ def test_fit_curve_shrinks_sparse_bins_is_monotone_and_extends_the_last_reached_
     c = fit_curve(hits, shown, prior_strength=0.0)
     assert c[0] == pytest.approx(1.0)
     assert c[1] == c[2] == pytest.approx(0.5)  # the 0 then 1 violate monotonicity: pooled
-    assert np.all(c[3:] == c[3]) and c[3] == pytest.approx(FLOOR)
+    assert c[3] == pytest.approx(FLOOR) and np.all(c[4:] == np.float32(FLOOR))  # unreached bins: unmeasured
     shrunk = fit_curve(hits, shown)  # towards the mean rate 2/103
     assert shrunk[0] < 0.1 and np.all(np.diff(shrunk) <= 0)
 
@@ -144,3 +144,16 @@ def test_the_blend_pipeline_runs_fusion_with_curves_and_quota_without():
     assert fused.ids.tolist() == [1, 2, 3, 4]
     quota = blend([strong, weak], k=4, config=cfg, mix=mix)  # no curves for this cohort: the quota merge
     assert sorted(quota.ids.tolist()) == [1, 2, 5, 6]
+
+
+def test_a_source_with_short_lists_does_not_claim_the_deep_slots():
+    """Social-like: 14-item lists with a high hit rate; its curve ends where its lists end, so a long
+    fused list asks it for about its length, not for most of k."""
+    short_hits, short_shown = np.zeros(NB), np.zeros(NB)
+    short_hits[:8], short_shown[:8] = 2, 10  # ranks 1..16 reached, 20% hits
+    long_hits, long_shown = np.zeros(NB), np.zeros(NB)
+    long_shown[:22] = 100
+    long_hits[:22] = np.linspace(20, 1, 22)  # ranks up to 2048, falling from 20% to 1%
+    curves = {"short": fit_curve(short_hits, short_shown), "long": fit_curve(long_hits, long_shown)}
+    shares = curve_shares(curves, ["short", "long"], 1000)
+    assert shares["short"] <= 30 and shares["long"] >= 970

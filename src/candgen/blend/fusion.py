@@ -68,7 +68,7 @@ def fit_curve(hits: np.ndarray, shown: np.ndarray, *, prior_strength: float = PR
     """A rank curve from counts per rank bin: `hits[b]` hits among `shown[b]` items shown in bin b.
 
     Each bin's rate is shrunk towards the source's overall rate (`prior_strength` pseudo-items), then made
-    non-increasing in rank; bins nobody reached take the last reached bin's value. Returns float32 of
+    non-increasing in rank; bins no list reached are FLOOR. Returns float32 of
     len(RANK_EDGES), every value in [FLOOR, 1]."""
     hits = np.asarray(hits, np.float64)
     shown = np.asarray(shown, np.float64)
@@ -85,7 +85,9 @@ def fit_curve(hits: np.ndarray, shown: np.ndarray, *, prior_strength: float = PR
         return np.full(len(RANK_EDGES), FLOOR, np.float32)
     last = int(reached[-1])
     fitted = pava_decreasing(rate[: last + 1], shown[: last + 1])
-    out = np.concatenate([fitted, np.full(len(RANK_EDGES) - last - 1, fitted[-1])])
+    # ranks no list reached are unmeasured: FLOOR, not the last value (a source whose lists were short,
+    # like social's, would otherwise claim every deep slot of a long fused list)
+    out = np.concatenate([fitted, np.full(len(RANK_EDGES) - last - 1, FLOOR)])
     return np.clip(out, FLOOR, 1.0).astype(np.float32)
 
 
