@@ -32,6 +32,7 @@ the whole index: the writer then holds its own copy; readers in other processes 
 
 from __future__ import annotations
 
+import abc
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -101,8 +102,9 @@ class FaissIndex(VectorIndex):
         self._mapped = False  # FAISS storage is a read-only file mapping until the first write
 
     # ---- hooks for subclasses -----------------------------------------------------------------
+    @abc.abstractmethod
     def _new_faiss_index(self) -> Any:
-        raise NotImplementedError
+        """A new, empty FAISS index of this backend (with its build parameters)."""
 
     # how many widening steps `_faiss_search(widen=...)` has before it is exhaustive
     def _max_widen(self) -> int:

@@ -18,6 +18,7 @@ are per process, so every process refreshes its own (the default lease is always
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import threading
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 LEASE = "l3"
 
 
-class _PeriodicJob:
+class _PeriodicJob(abc.ABC):
     """A daemon thread that calls `run_once` every `_period()` seconds until `stop`; an exception is logged
     and counted in `errors` and never ends the thread. Subclasses set `_stop`, `_thread` and `errors`."""
 
@@ -43,11 +44,13 @@ class _PeriodicJob:
     _thread: threading.Thread | None
     errors: int
 
+    @abc.abstractmethod
     def _period(self) -> float:
-        raise NotImplementedError
+        """Seconds between two rounds."""
 
+    @abc.abstractmethod
     def run_once(self) -> object:
-        raise NotImplementedError
+        """One round of the job (also called directly by tests and commands)."""
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period()):
