@@ -34,6 +34,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -328,60 +329,69 @@ class Engine:
         rt.apply(kind, data)
         self.caches.after_write(rt, kind, data, own=own)
 
-    def _write(self, kind: str, datas: list[dict[str, Any]]) -> None:
-        """Durable first (the store's append), then applied here; other workers catch up from the log."""
+    def _write(self, kind: str, make: Callable[[], list[dict[str, Any]]]) -> int:
+        """Catch up with the shared log, build (and validate) the records with `make`, append them durably,
+        then apply them here; other workers catch up from the log. Catching up first means validation sees
+        what other workers wrote (an item added there, a delete made there) and every worker applies the
+        records in the same order. Returns how many records were written."""
+        self.catch_up()
+        datas = make()
         if self.store is None:
             rt = self.rt
             for d in datas:
                 self._apply(rt, kind, d, own=True)
-            return
+            return len(datas)
         from candgen.serve.protocol import EngineOverloadedError
         from candgen.state.base import Record, StateUnavailable
 
-        self.catch_up()  # apply others' earlier records first, so every worker applies the same order
         try:
             self.follower.write([Record(kind=kind, data=d) for d in datas])
         except StateUnavailable as e:  # nothing was written: the client may retry (503)
             self.state_errors += 1
             raise EngineOverloadedError(f"state backend unavailable, nothing was written: {e}") from None
+        return len(datas)
 
     # -- writes ----------------------------------------------------------------------------------------
 
     def ingest_events(self, events: list[EventIn]) -> int:
-        self.catch_up()  # an item another worker just added is known here before the events are checked
-        now = self.clock()
-        rt = self.rt
-        datas = []
-        for e in events:
-            d = {"user_id": e.user_id, "item_id": e.item_id, "event": e.event,
-                 "timestamp": now if e.timestamp is None else min(float(e.timestamp), now + FUTURE_SLACK_S),
-                 "value": e.value}
-            rt.check_event(d)
-            if rt.state.catalog.items.get(e.item_id) < 0:
-                raise UnknownIdError(f"unknown item {e.item_id!r} in an event; add it with POST /v1/items first")
-            datas.append(d)
-        self._write("event", datas)
-        return len(datas)
+        def make() -> list[dict[str, Any]]:
+            now = self.clock()
+            rt = self.rt
+            datas = []
+            for e in events:
+                d = {"user_id": e.user_id, "item_id": e.item_id, "event": e.event,
+                     "timestamp": now if e.timestamp is None else min(float(e.timestamp), now + FUTURE_SLACK_S),
+                     "value": e.value}
+                rt.check_event(d)
+                if rt.state.catalog.items.get(e.item_id) < 0:
+                    raise UnknownIdError(f"unknown item {e.item_id!r} in an event; add it with POST /v1/items first")
+                datas.append(d)
+            return datas
+
+        return self._write("event", make)
 
     def add_items(self, items: list[ItemIn]) -> int:
-        now = self.clock()
-        datas = [{"item_id": i.item_id, "tags": list(i.tags), "category": i.category, "creator_id": i.creator_id,
-                  "title": i.title, "created_at": now if i.created_at is None else float(i.created_at)}
-                 for i in items]
-        self._write("item", datas)
-        return len(datas)
+        def make() -> list[dict[str, Any]]:
+            now = self.clock()
+            return [{"item_id": i.item_id, "tags": list(i.tags), "category": i.category, "creator_id": i.creator_id,
+                     "title": i.title, "created_at": now if i.created_at is None else float(i.created_at)}
+                    for i in items]
+
+        return self._write("item", make)
 
     def delete_item(self, item_id: str) -> None:
-        self.catch_up()  # a delete another worker already made answers 404 here too
-        catalog = self.rt.state.catalog
-        item = catalog.items.get(item_id)
-        if item < 0 or bool(catalog.is_deleted[item]):
-            raise UnknownIdError(f"unknown item {item_id!r}")
-        self._write("delete", [{"item_id": item_id}])
+        def make() -> list[dict[str, Any]]:
+            catalog = self.rt.state.catalog
+            item = catalog.items.get(item_id)
+            if item < 0 or bool(catalog.is_deleted[item]):
+                raise UnknownIdError(f"unknown item {item_id!r}")
+            return [{"item_id": item_id}]
+
+        self._write("delete", make)
 
     def put_user(self, user_id: str, profile: UserProfileIn) -> None:
-        self._write("user", [{"user_id": user_id, "attributes": dict(profile.attributes),
-                              "interests": list(profile.interests), "friends": list(profile.friends)}])
+        self._write("user", lambda: [{"user_id": user_id, "attributes": dict(profile.attributes),
+                                      "interests": list(profile.interests), "friends": list(profile.friends)}])
 
     def reload(self, art_path: str | None = None) -> str:
         """Load new artifacts off the request path, replay the log onto them (from their newest snapshot), swap
