@@ -9,7 +9,8 @@ right everywhere. `calibrate` splits the training log by time (the last `valid_f
    engagement of the fit part and measures recall@k (averaged over `ks`, the head and the full list)
    of that one list on the validation users (cheap:
    one weighted bincount per half-life); the best becomes both `trending_half_life_hours` and
-   `popular_half_life_hours`;
+   `popular_half_life_hours`; the popularity that cold start serves to new users then gets its own
+   half-life and early boost (`popular_early_boost`), chosen on the new validation users alone;
 2. builds the sources' state on the fit part with those half-lives, runs every source alone for each
    validation user (once), and scores candidate blends offline on those lists
    (`candgen.calibrate_blend`): a few quota mixes and calibrated rank fusion (`candgen.blend.fusion`,
@@ -118,6 +119,8 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
     best_hl = max(HALF_LIVES_H, key=lambda h: (scores_by_hl[h], h == cfg.sources.trending_half_life_hours))
     cfg.sources.trending_half_life_hours = best_hl
     cfg.sources.popular_half_life_hours = best_hl
+    popularity_report = _calibrate_popularity(cfg, fit, cohorts["cold"], truth, seen[len(cohorts["warm"]):],
+                                              w=w, age_h=age_h, ks=ks)
 
     # 2. how to blend, from every source's own list for each validation user (computed once)
     from candgen.engine import Engine
@@ -129,7 +132,8 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
     manifest = Manifest(model_version=str(getattr(model, "version", "calibration")), dataset_fingerprint="",
                         data_end_time=int(now), config={})
     report: dict[str, Any] = {"half_life_recall": {str(h): round(v, 4) for h, v in scores_by_hl.items()},
-                              "half_life_hours": best_hl, "validation_users": {c: len(u) for c, u in cohorts.items()}}
+                              "half_life_hours": best_hl, "validation_users": {c: len(u) for c, u in cohorts.items()},
+                              "popularity": popularity_report}
     rt = Runtime(config=cfg, manifest=manifest, dataset=fit, model=model, item_vectors=vectors, index=index,
                  state=state)
     engine = Engine(rt, deadlines=False)
@@ -161,6 +165,48 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
     report["seconds"] = round(time.perf_counter() - t0, 2)
     progress.done("calibrate")
     return Calibration(cfg, report)
+
+
+def _calibrate_popularity(cfg: Config, fit: Dataset, users: np.ndarray, truth: Any, seen: list[np.ndarray], *,
+                          w: np.ndarray, age_h: np.ndarray, ks: tuple[int, ...], z: float = 1.0) -> dict[str, Any]:
+    """The cold-start popularity's half-life and early boost, chosen on the new (cold) validation users alone:
+    it is only served to them. Each option ranks the catalog once (a weighted bincount); the current setting
+    (step 1's half-life, the configured boost) stays unless an option beats it by more than z standard errors
+    of the paired per-user difference. Changes `cfg.sources` in place; returns what was measured."""
+    from candgen.calibrate_blend import margin
+    from candgen.sources.activity import EARLY_BOOST, early_weights, engagement_ranks
+
+    current = (cfg.sources.popular_half_life_hours, cfg.sources.popular_early_boost)
+    if len(users) < MIN_USERS:
+        return {"kept": list(current), "why": f"{len(users)} cold validation users"}
+    inter = fit.interactions
+    boost = np.ones(len(w))
+    pos = np.flatnonzero(w > 0)
+    boost[pos] = early_weights(engagement_ranks(inter.user[pos]), EARLY_BOOST)
+    rel = [truth.row(int(u)) for u in users]
+    depth = max(ks) + max((len(x) for x in seen), default=0)
+    per_user: dict[tuple[float, bool], np.ndarray] = {}
+    for hl in HALF_LIVES_H:
+        for boosted in (False, True):
+            s = np.bincount(inter.item, weights=w * (boost if boosted else 1.0) * np.exp2(-age_h / hl),
+                            minlength=fit.n_items)
+            top = np.argsort(-s, kind="stable")[:depth]
+            lists = [top[~np.isin(top, seen[i])] for i in range(len(users))]
+            per_user[(hl, boosted)] = np.mean([[len(np.intersect1d(x[:k], t)) / len(t) for x, t in zip(lists, rel,
+                                                                                                    strict=True)]
+                                               for k in ks], axis=0)
+    base = per_user.get(current)
+    best, best_margin = current, 0.0
+    if base is not None:
+        for option, r in per_user.items():
+            m = margin(r, base, z)
+            if m > best_margin:
+                best, best_margin = option, m
+    else:  # the configured half-life is off the grid: take the best option outright
+        best = max(per_user, key=lambda o: float(per_user[o].mean()))
+    cfg.sources.popular_half_life_hours, cfg.sources.popular_early_boost = float(best[0]), bool(best[1])
+    return {"chosen": [best[0], best[1]], "margin": round(best_margin, 4), "users": len(users),
+            "recall": {f"{hl:g}h{'+boost' if b else ''}": round(float(r.mean()), 4) for (hl, b), r in per_user.items()}}
 
 
 def _seen_sets(fit: Dataset, users: np.ndarray) -> list[np.ndarray]:

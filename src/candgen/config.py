@@ -92,6 +92,9 @@ class SourcesConfig:
     )
     trending_half_life_hours: float = 6.0
     popular_half_life_hours: float = 720.0  # segment popularity (cold start): engagement decayed over ~a month
+    # segment popularity counts each engagement with its user's early boost (5x for a user's first 10, 2x for
+    # the next 40): new users are served what users take up early in their lives, not what veterans binge
+    popular_early_boost: bool = True
     social_window_hours: float = 72.0
     recent_history: int = 50
     cold_mix: dict[str, float] = field(default_factory=lambda: {"popular": 0.5, "interests": 0.3, "random": 0.2})

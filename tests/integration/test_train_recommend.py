@@ -340,7 +340,12 @@ def test_calibration_picks_from_the_grids_and_is_recorded(world):
     if "skipped" in cal.report:
         pytest.fail(f"the tiny world should be big enough to calibrate: {cal.report}")
     assert cal.config.sources.trending_half_life_hours in HALF_LIVES_H
-    assert cal.config.sources.popular_half_life_hours == cal.config.sources.trending_half_life_hours
+    pop = cal.report["popularity"]  # cold start's popularity: its own choice on the new validation users
+    assert cal.config.sources.popular_half_life_hours in HALF_LIVES_H
+    if "kept" in pop:
+        assert cal.config.sources.popular_half_life_hours == cal.config.sources.trending_half_life_hours
+    else:
+        assert pop["chosen"] == [cal.config.sources.popular_half_life_hours, cal.config.sources.popular_early_boost]
     curves = cal.config.blend.rank_curves
     assert (cal.config.blend.strategy == "calibrated") == bool(curves)
     for cohort, attr, grid in (("warm", "mix", WARM_MIXES), ("cold", "cold_user_mix", COLD_MIXES)):

@@ -100,3 +100,10 @@ def test_save_load_round_trip_with_live_updates(tmp_path):
 def test_load_of_missing_state_raises(tmp_path):
     with pytest.raises(ArtifactError, match="activity"):
         RecentActivity.load(tmp_path)
+
+
+def test_engagement_ranks_count_each_users_rows_in_order():
+    from candgen.sources.activity import engagement_ranks
+
+    assert engagement_ranks(np.array([1, 0, 1, 1, 0, 7])).tolist() == [0, 0, 1, 2, 1, 0]
+    assert engagement_ranks(np.zeros(0, np.int64)).tolist() == []

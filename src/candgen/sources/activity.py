@@ -38,6 +38,21 @@ def early_weights(rank: np.ndarray, boost: Sequence[tuple[int, float]] = EARLY_B
     return out
 
 
+def engagement_ranks(users: np.ndarray) -> np.ndarray:
+    """Each row's 0-based number among its user's rows, in the given (time) order: the `rank` that
+    `early_weights` takes when `users` are the users of a time-sorted log of positive engagements."""
+    users = np.asarray(users, np.int64)
+    if not len(users):
+        return np.zeros(0, np.int64)
+    order = argsort_ints(users)  # stable: time order within a user
+    su = users[order]
+    starts = np.flatnonzero(np.concatenate([[True], su[1:] != su[:-1]]))
+    first = np.repeat(starts, np.diff(np.concatenate([starts, [len(su)]])))
+    rank = np.empty(len(users), np.int64)
+    rank[order] = np.arange(len(su)) - first
+    return rank
+
+
 def _csr(users: np.ndarray, values: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     """ptr over users for `values` already grouped by user (ascending)."""
     ptr = np.zeros(n_users + 1, np.int64)

@@ -72,9 +72,9 @@ class SourceState:
             self.bandit.record_impression(item)
         elif event in self.events.weights:
             weight = float(self.events.weights[event])
-            self.activity.record_engagement(user, item, weight, t)
+            boosted = self.activity.record_engagement(user, item, weight, t)
             self.trending.add(item, weight, t, self.trending_segments(item, attributes))
-            self.popularity.add(item, weight, t, attributes)
+            self.popularity.add(item, weight, t, attributes, boosted_weight=boosted)
             self.bandit.record_engagement(item)
         else:
             raise ValueError(f"unknown event {event!r}; expected one of {sorted(self.events.weights)}, "
@@ -118,7 +118,7 @@ def build_state(
     catalog = Catalog.from_dataset(ds)
     jobs: dict[str, Callable[[], Any]] = {
         "popularity": lambda: SegmentPopularity.from_dataset(
-            ds, events=ev, half_life_hours=sc.popular_half_life_hours, now=now),
+            ds, events=ev, half_life_hours=sc.popular_half_life_hours, now=now, early_boost=sc.popular_early_boost),
         "activity": lambda: RecentActivity.from_dataset(ds, events=ev, capacity=sc.recent_history, now=now),
         "trending": lambda: TrendingCounter.from_dataset(
             ds, events=ev, half_life_hours=sc.trending_half_life_hours, now=now),

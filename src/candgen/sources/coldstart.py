@@ -22,6 +22,7 @@ import numpy as np
 from candgen.config import EventsConfig
 from candgen.data.dataset import Dataset
 from candgen.errors import ArtifactError
+from candgen.sources.activity import EARLY_BOOST
 from candgen.sources.base import CandidateSource, UserContext, isin, sum_by_id, thread_rng, top_k, union
 from candgen.sources.catalog import Catalog
 from candgen.sources.content import TagIndex
@@ -51,8 +52,11 @@ class _ComboVocab(Sequence[str]):
 class SegmentPopularity:
     """Popular items per attribute-prefix segment, updated per event. Thread-safe (the counter's lock)."""
 
-    def __init__(self, counter: TrendingCounter, *, attributes: Sequence[str] = COLD_ATTRIBUTES) -> None:
+    def __init__(self, counter: TrendingCounter, *, attributes: Sequence[str] = COLD_ATTRIBUTES,
+                 early_boost: bool = False) -> None:
         self.counter, self.attributes = counter, tuple(attributes)
+        # engagements count with their user's early boost (what users take up early is what new users will)
+        self.early_boost = bool(early_boost)
 
     def keys_for(self, attributes: Mapping[str, str | None]) -> list[str]:
         """Segment keys of a user, most specific first (prefixes whose attributes are all known)."""
@@ -64,8 +68,12 @@ class SegmentPopularity:
             values.append(v)
         return [segment_key("|".join(self.attributes[:n]), "|".join(values[:n])) for n in range(len(values), 0, -1)]
 
-    def add(self, item: int, weight: float, t: float, attributes: Mapping[str, str | None]) -> None:
-        self.counter.add(item, weight, t, self.keys_for(attributes))
+    def add(self, item: int, weight: float, t: float, attributes: Mapping[str, str | None], *,
+            boosted_weight: float | None = None) -> None:
+        """One positive engagement; `boosted_weight` (its weight times the user's early boost) counts instead of
+        `weight` when this popularity is early-boosted."""
+        w = boosted_weight if self.early_boost and boosted_weight is not None else weight
+        self.counter.add(item, w, t, self.keys_for(attributes))
 
     def top(self, k: int, attributes: Mapping[str, str | None], *, now: float,
             exclude: np.ndarray | None = None) -> Candidates:
@@ -97,9 +105,10 @@ class SegmentPopularity:
     def from_dataset(
         ds: Dataset, *, events: EventsConfig, half_life_hours: float, now: float,
         attributes: Sequence[str] = COLD_ATTRIBUTES, max_items_per_segment: int | None = 20_000,
+        early_boost: bool = False,
     ) -> SegmentPopularity:
         rows = SegmentRows.from_dataset(ds, events=events, half_life_hours=half_life_hours, now=now,
-                                        attributes=attributes)
+                                        attributes=attributes, boost=EARLY_BOOST if early_boost else None)
         usable = 0  # prefixes stop at the first attribute the dataset does not have
         while usable < len(rows.attributes) and rows.attributes[usable][0] == attributes[usable]:
             usable += 1
@@ -111,19 +120,24 @@ class SegmentPopularity:
             codes["|".join(attributes[:n])] = (rows.prefix_code(n), _ComboVocab(vocabs))
         counter = rows.counter(codes, half_life_hours=half_life_hours, now=now,
                                max_items_per_segment=max_items_per_segment)
-        return SegmentPopularity(counter, attributes=attributes)
+        return SegmentPopularity(counter, attributes=attributes, early_boost=early_boost)
 
     def save(self, directory: str | Path) -> None:
         self.counter.save(directory, "popularity")
-        (Path(directory) / "popularity_attributes.json").write_text(json.dumps(list(self.attributes)))
+        meta = {"attributes": list(self.attributes), "early_boost": self.early_boost}
+        (Path(directory) / "popularity_attributes.json").write_text(json.dumps(meta))
 
     @staticmethod
     def load(directory: str | Path) -> SegmentPopularity:
+        path = Path(directory) / "popularity_attributes.json"
         try:
-            attrs = json.loads((Path(directory) / "popularity_attributes.json").read_text())
-        except (FileNotFoundError, ValueError) as e:
+            meta = json.loads(path.read_text())
+            if isinstance(meta, list):  # artifacts written before the early boost: a plain attribute list
+                meta = {"attributes": meta, "early_boost": False}
+            attrs, boost = [str(a) for a in meta["attributes"]], bool(meta.get("early_boost", False))
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"popularity state in {directory} is missing or unreadable: {e}") from None
-        return SegmentPopularity(TrendingCounter.load(directory, "popularity"), attributes=attrs)
+        return SegmentPopularity(TrendingCounter.load(directory, "popularity"), attributes=attrs, early_boost=boost)
 
 
 def _interleave(parts: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

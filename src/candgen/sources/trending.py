@@ -24,6 +24,7 @@ import numpy as np
 
 from candgen.config import EventsConfig
 from candgen.data.dataset import Categorical, Dataset
+from candgen.sources.activity import early_weights, engagement_ranks
 from candgen.sources.base import CandidateSource, UserContext, group_sum, load_parts, save_parts, sum_by_id, top_k
 from candgen.sources.catalog import Catalog
 from candgen.sources.decayed import SparseScores, group_scores
@@ -211,14 +212,19 @@ class SegmentRows:
 
     @staticmethod
     def from_dataset(ds: Dataset, *, events: EventsConfig, half_life_hours: float, now: float,
-                     attributes: Sequence[str]) -> SegmentRows:
+                     attributes: Sequence[str], boost: Sequence[tuple[int, float]] | None = None) -> SegmentRows:
+        """`boost`: weigh each engagement by its user's early-engagement multiplier (`early_weights` of its
+        number among the user's positive engagements up to `now`), as `RecentActivity` weighs histories."""
         inter = ds.interactions
         hl = half_life_hours * 3600.0
         ts = inter.timestamp.astype(np.float64)
-        w = inter.weights(events)
+        w = inter.weights(events).astype(np.float64)
+        if boost is not None:
+            counted = np.flatnonzero((ts <= now) & (w > 0))
+            w[counted] *= early_weights(engagement_ranks(inter.user[counted]), boost)
         # events after now do not count; those beyond the horizon weigh < 1e-12 of a fresh one
         use = (ts <= now) & (ts >= now - HORIZON_HALF_LIVES * hl) & (w > 0)
-        contrib = w[use].astype(np.float64) * np.exp2((ts[use] - now) / hl)
+        contrib = w[use] * np.exp2((ts[use] - now) / hl)
         cats = [(a, c) for a in attributes if (c := ds.user_attributes.get(a)) is not None]
         fine_user = np.zeros(ds.n_users, np.int64)
         for _, c in cats:
