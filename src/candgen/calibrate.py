@@ -13,11 +13,12 @@ right everywhere. `calibrate` splits the training log by time (the last `valid_f
    half-life and early boost (`popular_early_boost`), chosen on the new validation users alone;
 2. builds the sources' state on the fit part with those half-lives, runs every source alone for each
    validation user (once), and scores candidate blends offline on those lists
-   (`candgen.calibrate_blend`): a few quota mixes and calibrated rank fusion (`candgen.blend.fusion`,
-   cross-fitted) against the configured mix — warm users for `sources.mix`, new users for
+   (`candgen.calibrate_blend`): a few quota mixes, the quota merge ordered by rank curves ("ordered") and
+   calibrated rank fusion (`candgen.blend.fusion`, both cross-fitted) against the configured mix — warm
+   users for `sources.mix`, the users the engine treats as new (fewer than `new_user_engagements`) for
    `sources.cold_user_mix`. The configured mix stays unless an option beats it beyond noise (paired
-   per-user differences); when fusion wins for a cohort, `blend.strategy` becomes "calibrated" and that
-   cohort's rank curves are stored in `blend.rank_curves`.
+   per-user differences); when a curve strategy wins for a cohort, `blend.cohort_strategy[cohort]` says
+   which and that cohort's rank curves are stored in `blend.rank_curves`.
 
 The collaborative source is measured with the model that never learnt the validation slice (the
 early-stopped model from before the refit, `train_two_tower(held_out=...)`), so that it is not
@@ -90,9 +91,14 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
     has = np.diff(truth.ptr) > 0
     rng = np.random.default_rng(seed)
     cohorts = {}
-    for name, users in (("warm", split.warm_users), ("cold", split.cold_users)):
-        users = np.asarray(users, np.int64)
-        users = users[has[users]]
+    # the cohorts the engine serves: "cold" is every user it treats as new (fewer than `new_user_engagements`
+    # positive engagements, so also users with a few), not only users without any
+    fit_inter = split.train.interactions
+    n_engaged = np.bincount(fit_inter.user[fit_inter.weights(cfg.events) > 0], minlength=split.train.n_users)
+    test_users = np.union1d(split.warm_users, split.cold_users).astype(np.int64)
+    test_users = test_users[has[test_users]]
+    new_user = n_engaged[test_users] < cfg.sources.new_user_engagements
+    for name, users in (("warm", test_users[~new_user]), ("cold", test_users[new_user])):
         cohorts[name] = np.sort(rng.choice(users, min(len(users), max_users), replace=False)) if len(users) else users
     n_valid = sum(len(u) for u in cohorts.values())
     if n_valid < MIN_USERS or split.cutoff is None:
@@ -155,13 +161,13 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
             setattr(cfg.sources, attr, dict(choice.mix))
             if choice.curves is not None:
                 chosen_curves[cohort] = choice.curves
+                cfg.blend.cohort_strategy[cohort] = choice.strategy
             report[attr] = choice.report
     finally:
         engine.close()
     if chosen_curves:
-        cfg.blend.strategy = "calibrated"
         cfg.blend.rank_curves = chosen_curves
-    report["strategy"] = cfg.blend.strategy
+    report["strategy"] = {c: cfg.blend.cohort_strategy.get(c, cfg.blend.strategy) for c in ("warm", "cold")}
     report["seconds"] = round(time.perf_counter() - t0, 2)
     progress.done("calibrate")
     return Calibration(cfg, report)

@@ -17,14 +17,14 @@ on noise). Fusion, when chosen, has its curves refitted on every validation user
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from candgen.blend.filters import apply_filters
-from candgen.blend.fusion import RANK_EDGES, curve_shares, fit_curve, fusion_merge, rank_bins
+from candgen.blend.fusion import RANK_EDGES, curve_shares, fit_curve, fusion_merge, ordered_quota_merge, rank_bins
 from candgen.blend.idset import member
 from candgen.blend.merge import quota_merge
 from candgen.data.dataset import Dataset
@@ -46,6 +46,7 @@ class BlendChoice:
     mix: dict[str, float]
     curves: dict[str, list[float]] | None
     report: dict[str, Any] = field(default_factory=dict)
+    strategy: str = "quota"  # quota | ordered (quota membership, curve order) | calibrated (rank fusion)
 
 
 def collect_lists(engine: Any, fit: Dataset, users: np.ndarray, truth: Any, *, now: float, depth: int) -> list[Sample]:
@@ -101,45 +102,61 @@ def fit_curves(samples: Sequence[Sample], names: Sequence[str]) -> dict[str, lis
     return {n: [round(float(v), 6) for v in fit_curve(hits[n], shown[n])] for n in names}
 
 
+def _prefix_recall(got: np.ndarray, truth: np.ndarray, ks: Sequence[int]) -> float:
+    """Recall of each prefix `got[:k]`, averaged over `ks`: one list per user, as a client reads it."""
+    return float(np.mean([_recall(got[:k], truth) for k in ks]))
+
+
 def quota_recall(samples: Sequence[Sample], mix: Mapping[str, float], *, ks: Sequence[int], overfetch: float,
-                 normalization: str) -> np.ndarray:
-    """Per user, recall@k of the quota merge by `mix` averaged over `ks`, each source truncated to what the
-    engine asks it for at that k."""
+                 normalization: str, curves: Mapping[str, Sequence[float]] | None = None) -> np.ndarray:
+    """Per user, recall@k of the prefixes of one quota-merged list of max(ks) by `mix`, averaged over `ks`, each
+    source truncated to what the engine asks it for. With `curves`, the merged items are ordered by them
+    (`ordered_quota_merge`) instead of by weighted reciprocal rank."""
     from candgen.engine import source_fetch_sizes
 
     names = [n for n, w in mix.items() if w > 0]
-    out = np.zeros(len(samples))
-    for k in ks:
-        sizes = source_fetch_sizes(dict(mix), names, k, overfetch)
-        out += [_recall(quota_merge(_truncate(s.lists, sizes), dict(mix), k, normalization=normalization).ids,
-                        s.truth) for s in samples]
-    return out / max(1, len(ks))
+    k = max(ks)
+    sizes = source_fetch_sizes(dict(mix), names, k, overfetch)
+    out = []
+    for s in samples:
+        lists = _truncate(s.lists, sizes)
+        merged = (quota_merge(lists, dict(mix), k, normalization=normalization) if curves is None
+                  else ordered_quota_merge(lists, dict(mix), curves, k, normalization=normalization))
+        out.append(_prefix_recall(merged.ids, s.truth, ks))
+    return np.asarray(out)
 
 
 def fusion_recall(samples: Sequence[Sample], curves: Mapping[str, Sequence[float]], *, ks: Sequence[int],
                   overfetch: float) -> np.ndarray:
-    """Per user, recall@k of rank fusion by `curves` averaged over `ks` (sources truncated as the engine does)."""
+    """Per user, recall@k of the prefixes of one rank-fused list of max(ks) by `curves`, averaged over `ks`
+    (sources truncated as the engine does)."""
     from candgen.engine import source_fetch_sizes
 
     names = list(curves)
-    out = np.zeros(len(samples))
-    for k in ks:
-        sizes = source_fetch_sizes(curve_shares(curves, names, k), names, k, overfetch)
-        out += [_recall(fusion_merge(_truncate(s.lists, sizes), curves, k).ids, s.truth) for s in samples]
-    return out / max(1, len(ks))
+    k = max(ks)
+    sizes = source_fetch_sizes(curve_shares(curves, names, k), names, k, overfetch)
+    return np.asarray([_prefix_recall(fusion_merge(_truncate(s.lists, sizes), curves, k).ids, s.truth, ks)
+                       for s in samples])
 
 
-def cross_fitted_fusion(samples: list[Sample], names: Sequence[str], *, ks: Sequence[int],
-                        overfetch: float) -> np.ndarray | None:
-    """Per user (in `samples` order), fusion's recall with curves fitted on the other half of the users."""
+def cross_fitted(samples: list[Sample], names: Sequence[str],
+                 score: Callable[[list[Sample], dict[str, list[float]]], np.ndarray]) -> np.ndarray | None:
+    """Per user (in `samples` order), `score(users, curves)` with rank curves fitted on the other half of the
+    users (2-fold: the curves never score the users they were fitted on)."""
     if len(samples) < 2:
         return None
     out = np.zeros(len(samples))
     idx = np.arange(len(samples))
     for fit_idx, score_idx in ((idx[0::2], idx[1::2]), (idx[1::2], idx[0::2])):
         curves = fit_curves([samples[i] for i in fit_idx], names)
-        out[score_idx] = fusion_recall([samples[i] for i in score_idx], curves, ks=ks, overfetch=overfetch)
+        out[score_idx] = score([samples[i] for i in score_idx], curves)
     return out
+
+
+def cross_fitted_fusion(samples: list[Sample], names: Sequence[str], *, ks: Sequence[int],
+                        overfetch: float) -> np.ndarray | None:
+    """Per user (in `samples` order), fusion's recall with curves fitted on the other half of the users."""
+    return cross_fitted(samples, names, lambda users, curves: fusion_recall(users, curves, ks=ks, overfetch=overfetch))
 
 
 def margin(option: np.ndarray, default: np.ndarray, z: float) -> float:
@@ -152,14 +169,16 @@ def margin(option: np.ndarray, default: np.ndarray, z: float) -> float:
 
 def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequence[Mapping[str, float]],
                  ks: Sequence[int], overfetch: float, normalization: str, z: float = 1.0) -> BlendChoice:
-    """The configured mix `current` unless a grid mix or cross-fitted rank fusion beats it by more than `z`
-    standard errors of the paired per-user difference (recall averaged over `ks`); among those that do,
-    the one with the largest such margin."""
+    """The configured mix `current` (quota merge) unless an option beats it by more than `z` standard errors of
+    the paired per-user difference (recall of one list's prefixes, averaged over `ks`); among those that do,
+    the one with the largest such margin. Options: each grid mix (quota merge); the configured and the best
+    grid mix with their items ordered by cross-fitted rank curves ("ordered"); rank fusion ("calibrated")."""
     present = {c.source for s in samples for c in s.lists}
     usable = {n: float(w) for n, w in current.items() if n in present}
     base = quota_recall(samples, usable, ks=ks, overfetch=overfetch, normalization=normalization)
     tried: list[dict[str, Any]] = [{"mix": current, "recall": round(float(base.mean()), 4), "margin": 0.0}]
-    best: tuple[float, Mapping[str, float] | str] = (0.0, "current")
+    best: tuple[float, str, dict[str, float]] = (0.0, "quota", dict(current))
+    best_quota: tuple[float, dict[str, float]] = (0.0, dict(current))
     for mix in grid:
         if mix == current:
             continue
@@ -167,27 +186,38 @@ def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequ
                          normalization=normalization)
         m = margin(r, base, z)
         tried.append({"mix": dict(mix), "recall": round(float(r.mean()), 4), "margin": round(m, 4)})
+        if float(r.mean() - base.mean()) > best_quota[0]:
+            best_quota = (float(r.mean() - base.mean()), dict(mix))
         if m > best[0]:
-            best = (m, mix)
+            best = (m, "quota", dict(mix))
     names = sorted(present)
-    fused = cross_fitted_fusion(samples, names, ks=ks, overfetch=overfetch)
     report: dict[str, Any] = {"ks": list(ks), "z": z, "tried": tried}
+    for mix in ([dict(current)] if best_quota[1] == current else [dict(current), best_quota[1]]):
+        use = {n: float(w) for n, w in mix.items() if n in present}
+        ordered = cross_fitted(samples, names, lambda users, curves, use=use: quota_recall(  # type: ignore[misc]
+            users, use, ks=ks, overfetch=overfetch, normalization=normalization, curves=curves))
+        if ordered is None:
+            continue
+        m = margin(ordered, base, z)
+        tried.append({"mix": mix, "order": "rank curves (cross-fitted)", "recall": round(float(ordered.mean()), 4),
+                      "margin": round(m, 4)})
+        if m > best[0]:
+            best = (m, "ordered", mix)
+    fused = cross_fitted_fusion(samples, names, ks=ks, overfetch=overfetch)
     if fused is not None:
         m = margin(fused, base, z)
         report["fusion_recall_cross_fitted"] = round(float(fused.mean()), 4)
         report["fusion_margin"] = round(m, 4)
         if m > best[0]:
             curves = fit_curves(samples, names)
-            k = max(ks)
-            shares = curve_shares(curves, names, k)
+            shares = curve_shares(curves, names, max(ks))
             total = sum(shares.values()) or 1.0
             # every source with a curve keeps a weight, so that it runs (its slots are decided by its curve)
             mix = {n: round(max(shares.get(n, 0.0) / total, 0.01), 3) for n in names}
-            report.update(chosen="calibrated", mix=mix, recall=report["fusion_recall_cross_fitted"])
-            return BlendChoice(mix, curves, report)
-    if isinstance(best[1], str):
-        report.update(chosen=current, recall=tried[0]["recall"])
-        return BlendChoice(dict(current), None, report)
-    chosen = dict(best[1])
-    report.update(chosen=chosen, recall=next(t["recall"] for t in tried if t["mix"] == chosen))
-    return BlendChoice(chosen, None, report)
+            report.update(chosen="calibrated", strategy="calibrated", mix=mix,
+                          recall=report["fusion_recall_cross_fitted"])
+            return BlendChoice(mix, curves, report, "calibrated")
+    _, strategy, chosen = best
+    recall = next(t["recall"] for t in tried if t["mix"] == chosen and ("order" in t) == (strategy == "ordered"))
+    report.update(chosen=chosen, strategy=strategy, recall=recall)
+    return BlendChoice(chosen, fit_curves(samples, names) if strategy == "ordered" else None, report, strategy)

@@ -115,7 +115,11 @@ class SourcesConfig:
 
 @dataclass
 class BlendConfig:
-    strategy: str = "quota"  # quota | weighted | calibrated (rank fusion; train-time calibration picks it)
+    # quota | weighted | calibrated (rank fusion by the rank curves) | ordered (quota membership, ordered by the
+    # rank curves); the train-time calibration picks per cohort (`cohort_strategy`)
+    strategy: str = "quota"
+    # the strategy for one cohort ("warm", "cold": users the engine treats as new), overriding `strategy`
+    cohort_strategy: dict[str, str] = field(default_factory=dict)
     max_per_creator: int = 0  # 0: no cap
     max_per_category: int = 0
     mmr_lambda: float = 0.0  # 0: MMR off

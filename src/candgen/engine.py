@@ -71,7 +71,11 @@ class Plan:
     mix: dict[str, float]
     variant: str
     cold: bool
-    curves: dict[str, np.ndarray] | None = None  # the cohort's rank curves when the blend is "calibrated"
+    curves: dict[str, np.ndarray] | None = None  # the cohort's rank curves when its strategy uses them
+    strategy: str = "quota"  # the cohort's blend strategy (`blend.cohort_strategy`, else `blend.strategy`)
+
+
+CURVE_STRATEGIES = ("calibrated", "ordered")  # blend strategies that read the cohort's rank curves
 
 
 def source_fetch_sizes(shares: dict[str, float], names: list[str], k: int, overfetch: float) -> dict[str, int]:
@@ -115,7 +119,7 @@ class Engine:
 
     def _configure(self, rt: Runtime) -> None:
         self.experiment = experiment_from_config(rt.config.blend.experiment, known_sources=list(rt.sources))
-        self.curves = rank_curves(rt.config.blend) if rt.config.blend.strategy == "calibrated" else {}
+        self.curves = rank_curves(rt.config.blend)
         self._shares: dict[tuple[bool, tuple[str, ...], int], dict[str, float]] = {}
         if self.store is not None and rt.config.cache.l2_ttl_s > 0:
             self.l2 = CachedUserEncoder(rt.model, self.store.cache("L2"), rt.config.cache.l2_ttl_s)
@@ -460,15 +464,18 @@ class Engine:
     def plan(self, ctx: UserContext, rt: Runtime) -> Plan:
         cold_src = rt.sources.get("cold_start")
         cold = bool(cold_src is not None and cold_src.is_new(ctx))  # type: ignore[attr-defined]
+        bc = rt.config.blend
         if cold:
             mix = dict(rt.config.sources.cold_user_mix)
+            strategy = bc.cohort_strategy.get("cold", bc.strategy)
             return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, "", True,
-                        self.curves.get("cold"))
+                        self.curves.get("cold") if strategy in CURVE_STRATEGIES else None, strategy)
         variant, mix = choose_mix(ctx.user_id, self.experiment, rt.config.sources.mix)
-        # a variant with a mix of its own is blended by that mix (quota); the others by the warm rank curves
+        # a variant with a mix of its own is blended by that mix (quota); the others by the warm strategy
         own_mix = self.experiment is not None and variant in self.experiment.mixes
+        strategy = "quota" if own_mix else bc.cohort_strategy.get("warm", bc.strategy)
         return Plan({s: w for s, w in mix.items() if s in rt.sources and w > 0}, variant, False,
-                    None if own_mix else self.curves.get("warm"))
+                    self.curves.get("warm") if strategy in CURVE_STRATEGIES else None, strategy)
 
     def fallback(self, rt: Runtime, now: float) -> Candidates:
         """Globally popular items (cached a few seconds): what fills a list that the sources left short."""
@@ -514,7 +521,7 @@ class Engine:
         source only fills the exploration slots. With rank curves, a source's share is the number of slots
         its curve is expected to win in a fused top-k (`curve_shares`)."""
         shares = dict(plan.mix)
-        if plan.curves:
+        if plan.curves and plan.strategy == "calibrated":
             key = (plan.cold, tuple(plan.mix), k)
             cached = self._shares.get(key)
             if cached is None:
@@ -638,7 +645,7 @@ class Engine:
             blocked_creators=rt.state.activity.blocked_creators(ctx.user) if ctx.user >= 0 else None,
             item_creator=catalog.creator, item_category=catalog.category, explore=explore,
             item_vectors=rt.vector_lookup(np.arange(catalog.n_items)) if rt.config.blend.mmr_lambda > 0 else None,
-            fallback=self.fallback(rt, now), curves=plan.curves,
+            fallback=self.fallback(rt, now), curves=plan.curves, strategy=plan.strategy,
         )
         t_blend = time.perf_counter()
         res = self._result(rt, blended, explain=req.explain, variant=variant)

@@ -347,13 +347,15 @@ def test_calibration_picks_from_the_grids_and_is_recorded(world):
     else:
         assert pop["chosen"] == [cal.config.sources.popular_half_life_hours, cal.config.sources.popular_early_boost]
     curves = cal.config.blend.rank_curves
-    assert (cal.config.blend.strategy == "calibrated") == bool(curves)
+    assert set(curves) == set(cal.config.blend.cohort_strategy) and cal.config.blend.strategy == "quota"
     for cohort, attr, grid in (("warm", "mix", WARM_MIXES), ("cold", "cold_user_mix", COLD_MIXES)):
         chosen = getattr(cal.config.sources, attr)
-        if cohort in curves:  # fusion: every source with a curve runs
+        strategy = cal.config.blend.cohort_strategy.get(cohort, "quota")
+        assert cal.report["strategy"][cohort] == strategy
+        if strategy == "calibrated":  # fusion: every source with a curve runs
             assert set(chosen) == set(curves[cohort]) and cal.report[attr]["chosen"] == "calibrated"
-        else:
-            assert chosen in [getattr(cfg.sources, attr), *grid]
+        else:  # a quota mix, its items ordered by the cohort's curves when "ordered"
+            assert chosen in [getattr(cfg.sources, attr), *grid] and (strategy == "ordered") == (cohort in curves)
         assert "fusion_recall_cross_fitted" in cal.report[attr] or "why" in cal.report[attr]
     assert "fusion_recall_cross_fitted" in cal.report["mix"]  # the tiny world has warm validation users
     assert cfg.sources.trending_half_life_hours == 6.0  # the caller's config is not modified
@@ -437,6 +439,36 @@ def test_the_engine_blends_by_rank_curves_when_calibrated(world):
         cold = e.plan(e.user_context(Request(user_id="never-seen", k=50), e.now_default), e.rt)
         assert cold.cold and cold.curves is None
         assert len(e.candidates(Request(user_id="never-seen", k=50, now=e.now_default)).item_ids) == 50
+    finally:
+        e.close()
+
+
+def test_the_engine_takes_each_cohorts_strategy(world):
+    """cohort_strategy {"warm": "ordered"}: warm users get the quota mix's items (fetch sizes by the mix) in
+    the curves' order; new users keep the default strategy and no curves."""
+    from candgen.blend.fusion import RANK_EDGES
+
+    root, ds = world
+    cfg = Config.from_dict(Manifest.read(root / "art").config)
+    n = len(RANK_EDGES)
+    cfg.blend.strategy, cfg.blend.cohort_strategy = "quota", {"warm": "ordered"}
+    cfg.blend.exploration_fraction = 0.0
+    cfg.blend.rank_curves = {"warm": {"collaborative": [0.001] * n, "trending": [0.5 / (b + 1) for b in range(n)],
+                                      "content": [0.002] * n}}
+    cfg.sources.mix = {"collaborative": 0.5, "trending": 0.25, "content": 0.25}
+    e = Engine.load(root / "art", config=cfg, deadlines=False)
+    try:
+        uid = warm_user(ds)
+        plan = e.plan(e.user_context(Request(user_id=uid, k=40), e.now_default), e.rt)
+        assert plan.strategy == "ordered" and plan.curves is not None
+        sizes = e.fetch_sizes(e.rt, plan, 40)
+        assert sizes["collaborative"] >= sizes["trending"]  # by the mix, not by the curves
+        res = e.candidates(Request(user_id=uid, k=40, now=e.now_default, explain=True))
+        assert len(res.item_ids) == 40 and sum("collaborative" in s for s in res.sources) >= 15  # its quota
+        assert "trending" in res.sources[0]  # but the strong curve leads the list
+        assert np.all(np.diff(np.asarray(res.scores)) <= 1e-6)
+        cold = e.plan(e.user_context(Request(user_id="never-seen", k=50), e.now_default), e.rt)
+        assert cold.cold and cold.strategy == "quota" and cold.curves is None
     finally:
         e.close()
 

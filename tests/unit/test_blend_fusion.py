@@ -13,6 +13,7 @@ from candgen.blend.fusion import (
     curve_shares,
     fit_curve,
     fusion_merge,
+    ordered_quota_merge,
     pava_decreasing,
     rank_bins,
 )
@@ -157,3 +158,30 @@ def test_a_source_with_short_lists_does_not_claim_the_deep_slots():
     curves = {"short": fit_curve(short_hits, short_shown), "long": fit_curve(long_hits, long_shown)}
     shares = curve_shares(curves, ["short", "long"], 1000)
     assert shares["short"] <= 30 and shares["long"] >= 970
+
+
+def test_ordered_quota_merge_keeps_the_quota_items_in_curve_order():
+    strong = cands([1, 2, 3, 4], "strong")
+    weak = cands([5, 6, 7, 8], "weak")
+    curves = {"strong": flat(0.01), "weak": falling(0.5)}
+    out = ordered_quota_merge([strong, weak], {"strong": 0.5, "weak": 0.5}, curves, 4)
+    assert sorted(out.ids.tolist()) == [1, 2, 5, 6]  # membership: the quota's two each
+    assert out.ids.tolist()[:2] == [5, 6]  # order: the curves' (weak's items are the likely hits)
+    assert np.all(np.diff(out.scores) <= 0) and out.scores[0] == pytest.approx(0.5, rel=0.01)
+
+
+def test_the_pipeline_takes_a_per_cohort_strategy_and_checks_it():
+    strong = cands([1, 2, 3, 4], "strong")
+    weak = cands([5, 6, 7, 8], "weak")
+    cfg = BlendConfig(strategy="quota", exploration_fraction=0.0)
+    mix = {"strong": 0.5, "weak": 0.5}
+    curves = {"strong": np.array(flat(0.01)), "weak": np.array(falling(0.5))}
+    ordered = blend([strong, weak], k=4, config=cfg, mix=mix, curves=curves, strategy="ordered")
+    assert ordered.ids.tolist()[:2] == [5, 6] and sorted(ordered.ids.tolist()) == [1, 2, 5, 6]
+    plain = blend([strong, weak], k=4, config=cfg, mix=mix, curves=curves)  # "quota": curves unused
+    assert plain.ids.tolist()[0] in (1, 5) and sorted(plain.ids.tolist()) == [1, 2, 5, 6]
+    with pytest.raises(ValueError, match="strategy"):
+        blend([strong, weak], k=4, config=cfg, mix=mix, strategy="best")
+    for bad in ({"lukewarm": "ordered"}, {"warm": "best"}):
+        with pytest.raises(ConfigError, match="cohort_strategy"):
+            blend([strong], k=2, config=BlendConfig(cohort_strategy=bad), mix=mix)

@@ -57,7 +57,9 @@ def test_fusion_is_chosen_when_it_beats_every_mix_out_of_sample():
     assert choice.curves is not None and choice.report["chosen"] == "calibrated"
     assert choice.report["fusion_recall_cross_fitted"] == pytest.approx(1.0)
     assert set(choice.mix) == {"a", "b"} and all(w >= 0.01 for w in choice.mix.values())
-    assert len(choice.report["tried"]) == 3 and choice.report["fusion_margin"] == pytest.approx(0.5)
+    quota_rows = [t for t in choice.report["tried"] if "order" not in t]
+    assert len(quota_rows) == 3 and choice.report["fusion_margin"] == pytest.approx(0.5)
+    assert choice.strategy == "calibrated"
 
 
 def test_a_gain_within_the_noise_does_not_move_the_configured_mix():
@@ -89,3 +91,27 @@ def test_a_quota_mix_is_kept_when_fusion_does_not_generalise():
     assert choice.curves is None and choice.mix == current and choice.report["chosen"] == current
     assert choice.report["recall"] == pytest.approx(1.0)
     assert choice.report["fusion_recall_cross_fitted"] < 1.0
+
+
+def test_quota_recall_reads_the_prefixes_of_one_list_and_can_order_it_by_curves():
+    # b's two first items are the hits; an equal mix puts a's first item at the top by reciprocal rank
+    s = sample([1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [6, 7])
+    plain = quota_recall([s], {"a": 0.5, "b": 0.5}, ks=(2, 10), overfetch=1.0, normalization="rank")
+    assert plain == pytest.approx([(0.5 + 1.0) / 2])  # @2: a1 and b1; @10: everything
+    curves = {"a": [0.001] * len(RANK_EDGES), "b": [0.5] * len(RANK_EDGES)}
+    ordered = quota_recall([s], {"a": 0.5, "b": 0.5}, ks=(2, 10), overfetch=1.0, normalization="rank",
+                           curves=curves)
+    assert ordered == pytest.approx([1.0])
+
+
+def test_curve_order_is_chosen_when_the_mix_is_right_but_its_head_is_not():
+    samples = []
+    for u in range(20):  # every user's hits: b's first two items; a's items never hit
+        a = np.arange(1000 * u, 1000 * u + 50)
+        b = np.arange(1000 * u + 500, 1000 * u + 550)
+        samples.append(Sample([lst(a, "a"), lst(b, "b")], b[:2]))
+    current = {"a": 0.5, "b": 0.5}
+    choice = choose_blend(samples, current=current, grid=[], ks=(2, 10), overfetch=1.0, normalization="rank")
+    assert choice.strategy == "ordered" and choice.mix == current and choice.report["chosen"] == current
+    assert choice.curves is not None and choice.curves["b"][0] > 10 * choice.curves["a"][0]
+    assert choice.report["recall"] == pytest.approx(1.0) and choice.report["tried"][0]["recall"] == pytest.approx(0.75)

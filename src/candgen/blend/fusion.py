@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from candgen.blend.idset import argsort_desc
-from candgen.blend.merge import Blended, _Pool
+from candgen.blend.merge import Blended, _Pool, quota_merge
 from candgen.types import Candidates
 
 # Upper ends (1-based ranks, inclusive) of the rank bins: 1, 2, 3, 4, then geometric with ratio ~sqrt(2)
@@ -113,15 +113,30 @@ def fusion_merge(lists: list[Candidates], curves: Mapping[str, Sequence[float] |
     pool = _Pool(lists, {}, None)
     if k == 0 or len(pool.uniq) == 0:
         return Blended.empty(pool.names)
+    fused = noisy_or(pool, curves)
+    top = argsort_desc(fused)[:k]
+    return pool.result(top, fused[top].astype(np.float32))
+
+
+def noisy_or(pool: _Pool, curves: Mapping[str, Sequence[float] | np.ndarray]) -> np.ndarray:
+    """Per pool code, 1 - prod over the sources that found it of (1 - p_source(its rank there)). A source
+    without a curve counts as the weakest curve given (FLOOR when none is)."""
     weakest = min(curves.values(), key=lambda c: float(np.sum(c))) if curves else None
     log_miss = np.zeros(len(pool.uniq), np.float64)
     for name, seg in pool.segments.items():
         curve = curves.get(name, weakest)
         p = curve_at(curve, len(seg)) if curve is not None else np.full(len(seg), FLOOR)
         log_miss[seg] += np.log1p(-np.minimum(p, 1.0 - 1e-12))
-    fused = -np.expm1(log_miss)
-    top = argsort_desc(fused)[:k]
-    return pool.result(top, fused[top].astype(np.float32))
+    return -np.expm1(log_miss)
+
+
+def ordered_quota_merge(lists: list[Candidates], mix: dict[str, float],
+                        curves: Mapping[str, Sequence[float] | np.ndarray], k: int, *,
+                        normalization: str = "rank") -> Blended:
+    """The quota merge's items (the mix decides which k are in), ordered by their noisy-OR hit probability
+    under the rank curves instead of weighted reciprocal rank: the head of a long list goes to the items
+    most likely to be hits, whichever source found them. The blended score is that probability."""
+    return quota_merge(lists, mix, k, normalization=normalization, rescore=lambda pool: noisy_or(pool, curves))
 
 
 def curve_shares(curves: Mapping[str, Sequence[float] | np.ndarray], names: Sequence[str], k: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ find it). Work per request is a handful of numpy calls per source, never a Pytho
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,7 +255,8 @@ def _ordered_sources(names: Sequence[str], mix: Mapping[str, float]) -> list[str
 
 
 def quota_merge(
-    lists: list[Candidates], mix: dict[str, float], k: int, *, normalization: str = "rank"
+    lists: list[Candidates], mix: dict[str, float], k: int, *, normalization: str = "rank",
+    rescore: Callable[[_Pool], np.ndarray] | None = None,
 ) -> Blended:
     """Merge by quota: each source fills its share of k, unused quota flows to the others in mix order.
 
@@ -267,11 +268,15 @@ def quota_merge(
     The result is ranked by a fused score, `sum over the sources that found the item of mix[source] *
     normalize(score)`: with the default rank normalisation this is weighted reciprocal-rank fusion, so an
     item found by several sources ranks at least as high as its best single-source placement would put it.
+    `rescore(pool)`, when given, replaces that fused score (one value per pool code): the quotas still decide
+    which items are in, the new score their order (`candgen.blend.fusion.ordered_quota_merge`).
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     _check_weights(mix)
     pool = _Pool(lists, mix, normalization)
+    if rescore is not None and len(pool.uniq):
+        pool.fused = np.asarray(rescore(pool), np.float32)
     if k == 0 or len(pool.uniq) == 0:
         return Blended.empty(pool.names)
     order = _ordered_sources(pool.names, mix)

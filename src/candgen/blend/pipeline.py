@@ -16,14 +16,14 @@ import numpy as np
 from candgen.blend.diversity import apply_caps, mmr
 from candgen.blend.exploration import insert_exploration
 from candgen.blend.filters import ItemSet, apply_filters
-from candgen.blend.fusion import check_curves, fusion_merge
+from candgen.blend.fusion import check_curves, fusion_merge, ordered_quota_merge
 from candgen.blend.idset import first_occurrence, member
 from candgen.blend.merge import Blended, quota_merge, weighted_merge
 from candgen.blend.normalize import NORMALIZATIONS
 from candgen.config import BlendConfig, ConfigError
 from candgen.types import Candidates
 
-STRATEGIES = ("quota", "weighted", "calibrated")
+STRATEGIES = ("quota", "weighted", "calibrated", "ordered")
 COHORTS = ("warm", "cold")
 
 
@@ -31,6 +31,10 @@ def check_config(config: BlendConfig) -> None:
     """Raise `ConfigError` naming the field when the blend config cannot be run."""
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"blend.strategy: expected one of {', '.join(STRATEGIES)}, got {config.strategy!r}")
+    for cohort, strategy in config.cohort_strategy.items():
+        if cohort not in COHORTS or strategy not in STRATEGIES:
+            raise ConfigError(f"blend.cohort_strategy: expected {' or '.join(COHORTS)} → one of "
+                              f"{', '.join(STRATEGIES)}, got {cohort!r}: {strategy!r}")
     if config.normalization not in NORMALIZATIONS:
         raise ConfigError(
             f"blend.normalization: expected one of {', '.join(NORMALIZATIONS)}, got {config.normalization!r}"
@@ -97,14 +101,16 @@ def blend(
     fallback: Candidates | None = None,
     rng: np.random.Generator | None = None,
     curves: dict[str, np.ndarray] | None = None,
+    strategy: str | None = None,
 ) -> Blended:
     """Blend every source's candidates into one list of at most k, best first, with provenance.
 
     1. Filters (`apply_filters`) drop excluded, deleted and blocked-creator items from every list, the
        exploration and the fallback candidates, before anything is counted.
     2. Merge by `config.strategy`: `quota_merge` by `mix`, or `weighted_merge` with `mix` as weights and
-       `rng`, or `fusion_merge` by the rank `curves` of this request's cohort ("calibrated"; without
-       curves it falls back to the quota merge); the quota merge ranks by scores normalised by
+       `rng`, or `fusion_merge` by the rank `curves` of this request's cohort ("calibrated"), or the quota
+       merge's items ordered by those curves ("ordered"; without curves both fall back to the quota merge);
+       `strategy` (this request's cohort's) overrides `config.strategy`; the quota merge ranks by scores normalised by
        `config.normalization`. With caps or MMR on, the
        merge fills `config.diversity_pool * k` so that diversity has items to choose from.
     3. Diversity: MMR re-orders the pool when `0 < config.mmr_lambda < 1` (needs `item_vectors`); caps per
@@ -127,10 +133,15 @@ def blend(
     if use_mmr and item_vectors is None:
         raise ValueError("blend.mmr_lambda is set but no item_vectors were given for MMR")
     pool_k = max(k, math.ceil(k * config.diversity_pool)) if (use_mmr or use_caps) else k
-    if config.strategy == "weighted":
+    strategy = strategy or config.strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"blend strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy == "weighted":
         merged = weighted_merge(lists, mix, pool_k, rng=rng)
-    elif config.strategy == "calibrated" and curves:
+    elif strategy == "calibrated" and curves:
         merged = fusion_merge(lists, curves, pool_k)
+    elif strategy == "ordered" and curves:
+        merged = ordered_quota_merge(lists, mix, curves, pool_k, normalization=config.normalization)
     else:
         merged = quota_merge(lists, mix, pool_k, normalization=config.normalization)
 
