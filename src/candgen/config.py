@@ -176,6 +176,11 @@ class StateConfig:
     snapshot_check_s: float = 30.0
     # snapshots of other artifacts (older models) hold trimming back until they are this old, then are deleted
     snapshot_retire_s: float = 7 * 86400.0
+    # events accepted while the shared log is unreachable wait in a local SQLite spool (candgen.state.spool)
+    # and are appended once it answers again; off: such writes answer 503. "" = <artifacts>/spool
+    spool: bool = True
+    spool_dir: str = ""
+    spool_max_records: int = 1_000_000
 
 
 @dataclass

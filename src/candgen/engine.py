@@ -106,6 +106,7 @@ class Engine:
         self._recovery: threading.Thread | None = None
         self._reload_lock = threading.RLock()  # one reload (admin or after a log gap) at a time
         self.caches = ListCaches(store, runtime.config.cache)
+        self.spooler: Any = None  # events accepted during a state outage (candgen.state.spool.Spooler)
         serve = runtime.config.serve  # offline work (no deadlines) is never queued nor refused
         self.gate = AdmissionGate(serve.compute_slots if deadlines else 0, serve.request_deadline_ms / 1000.0)
         self.quality = QualityMonitor(serve.ann_recall_sample_every if store is not None else 0,
@@ -113,6 +114,11 @@ class Engine:
         self.l2: Any = None
         self._configure(runtime)
         if store is not None:
+            from candgen.state.spool import Spooler
+
+            sc = runtime.config.state
+            self.spooler = Spooler.open(store, runtime.art, enabled=sc.spool, directory=sc.spool_dir,
+                                        max_records=sc.spool_max_records)
             self._replay(runtime)
             self._start_l3(runtime.config)
             self._start_snapshots(runtime.config)
@@ -171,6 +177,8 @@ class Engine:
     def close(self) -> None:
         if self.snapshots is not None:
             self.snapshots.stop()
+        if self.spooler is not None:
+            self.spooler.close()
         self.caches.stop()
         self.quality.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -227,6 +235,8 @@ class Engine:
                     "state_replay_from_snapshot": int(self.replayed.snapshot is not None)}
         if self.snapshots is not None:
             out |= {f"snapshot_{k}": v for k, v in self.snapshots.stats().items()}
+        if self.spooler is not None:
+            out |= self.spooler.stats()
         return out
 
     def clock(self) -> float:
@@ -347,11 +357,18 @@ class Engine:
             return len(datas)
         from candgen.serve.protocol import EngineOverloadedError
         from candgen.state.base import Record, StateUnavailable
+        from candgen.state.spool import SpoolFull
 
         try:
             self.follower.write([Record(kind=kind, data=d) for d in datas])
-        except StateUnavailable as e:  # nothing was written: the client may retry (503)
+        except StateUnavailable as e:  # nothing was written: spool events, else the client may retry (503)
             self.state_errors += 1
+            if kind == "event" and self.spooler is not None:
+                try:
+                    return int(self.spooler.accept([Record(kind=kind, data=d) for d in datas],
+                                                   self.follower.apply_local))
+                except SpoolFull as full:
+                    raise EngineOverloadedError(str(full)) from None
             raise EngineOverloadedError(f"state backend unavailable, nothing was written: {e}") from None
         return len(datas)
 
@@ -415,6 +432,8 @@ class Engine:
                 from candgen.state.follow import LogFollower
 
                 store, worker = self.store, self.store.worker_id
+                if self.spooler is not None:  # spooled events into the log first, or the replay misses them
+                    self.spooler.flush_now()
 
                 def load() -> Runtime:
                     return load_runtime(art, store, config=config)

@@ -392,6 +392,54 @@ def test_train_tunes_an_approximate_index_by_measurement(world, tmp_path):
         e.close()
 
 
+def test_events_in_a_state_outage_are_spooled_applied_here_and_delivered_once(world, tmp_path, monkeypatch):
+    """The shared log refuses appends: events still answer (spooled durably, applied on this worker at once),
+    item writes answer 503; when the log is back the spool is delivered, the other worker applies the events
+    and this one does not apply them twice."""
+    import shutil
+
+    from candgen.serve.protocol import EngineOverloadedError, EventIn, ItemIn
+    from candgen.state import StateUnavailable
+
+    shutil.copytree(world[0] / "art", tmp_path / "art")
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    a = Engine.open(tmp_path / "art", state_url=url, deadlines=False)
+    b = Engine.open(tmp_path / "art", state_url=url, deadlines=False)
+    uid, item = warm_user(world[1]), world[1].items.id(0)
+
+    def count(e: Engine) -> int:
+        e.catch_up()
+        return e.user_context(Request(user_id=uid, k=10), e.now_default).n_engagements
+
+    try:
+        a.spooler.flusher.stop()  # deliveries happen when the test says (the thread is tested on its own)
+        before = count(a)
+        assert count(b) == before
+        real_append = a.store.append
+
+        def down(records):  # type: ignore[no-untyped-def]
+            raise StateUnavailable("state backend unavailable: test outage")
+
+        monkeypatch.setattr(a.store, "append", down)
+        assert a.ingest_events([EventIn(user_id=uid, item_id=item, event="like")]) == 1
+        assert a.spooler.stats()["spool_pending"] == 1 and a.spooler.flush_now() == 0
+        assert count(a) == before + 1 and count(b) == before  # here at once; elsewhere after delivery
+        with pytest.raises(EngineOverloadedError, match="nothing was written"):
+            a.add_items([ItemIn(item_id="during-outage", tags=["t"], category="c0", creator_id="cr")])
+        monkeypatch.setattr(a.store, "append", real_append)
+        assert a.spooler.flush_now() == 1 and a.spooler.stats()["spool_pending"] == 0
+        assert count(b) == before + 1 and count(a) == before + 1  # b applied it; a skipped its own record
+        assert a.stats()["spool_accepted"] == 1 and a.stats()["spool_delivered"] == 1
+        a.spooler.spool.max_records = 1
+        monkeypatch.setattr(a.store, "append", down)
+        with pytest.raises(EngineOverloadedError, match="spool holds"):
+            a.ingest_events([EventIn(user_id=uid, item_id=item, event="like")] * 2)
+        assert count(a) == before + 1  # a refused write is not applied either
+    finally:
+        a.close()
+        b.close()
+
+
 def test_two_workers_see_each_others_writes_before_validating_their_own(world, tmp_path):
     """Worker B checks a delete or an event against what worker A already wrote to the shared log, even
     when B has served no request since (the second delete of an item is a 404 on any worker)."""

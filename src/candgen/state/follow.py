@@ -84,6 +84,11 @@ class LogFollower:
         self.applied += n
         return n
 
+    def apply_local(self, records: list[Record]) -> int:
+        """Apply records that are not (yet) in the log here, under the lock (events spooled in an outage)."""
+        with self._lock:
+            return self._apply_all(records, skip_own=False)
+
     def replay(self) -> int:
         """Apply the log after `cursor` (None: all of it that is left, at start-up); returns how many records
         were applied. Afterwards `cursor` is never None, so that a later trim of records this follower has
