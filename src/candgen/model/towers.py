@@ -52,23 +52,32 @@ class _BagSum(torch.autograd.Function):
     def forward(ctx: Any, weight: torch.Tensor, bags: Bags, split: int,  # type: ignore[override]
                 sparse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.bags, ctx.sparse, ctx.shape = bags, sparse, tuple(weight.shape)
-        cut = int(bags.ptr[split])
-        return (_embedding_sum(weight, bags.idx[:cut], bags.ptr[:split], bags.weight[:cut]),
-                _embedding_sum(weight, bags.idx[cut:], bags.ptr[split:-1] - cut, bags.weight[cut:]))
+        return embedding_sum(weight, bags, split)
 
     @staticmethod
     def backward(ctx: Any, grad_head: torch.Tensor | None,  # type: ignore[override]
                  grad_tail: torch.Tensor | None) -> tuple[torch.Tensor, None, None, None]:
         bags: Bags = ctx.bags
-        n_rows, dim = ctx.shape
-        g = _joined(grad_head, grad_tail, bags.n_bags, dim)
-        if not ctx.sparse:
-            return torch.from_numpy(np.asarray(bags.transposed(n_rows) @ g, dtype=np.float32)), None, None, None
-        rows, local = np.unique(bags.idx, return_inverse=True)
-        values = Bags(bags.ptr, local.reshape(-1).astype(np.int64), bags.weight).transposed(len(rows)) @ g
-        out = torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(np.asarray(values, np.float32)),
-                                      ctx.shape, is_coalesced=True, check_invariants=False)
-        return out, None, None, None
+        g = _joined(grad_head, grad_tail, bags.n_bags, ctx.shape[1])
+        return bag_gradient(bags, g, ctx.shape, ctx.sparse), None, None, None
+
+
+def embedding_sum(weight: torch.Tensor, bags: Bags, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bag sums of bags [0, split) and [split, n_bags) (no autograd: the forward pass of `_BagSum`)."""
+    cut = int(bags.ptr[split])
+    return (_embedding_sum(weight, bags.idx[:cut], bags.ptr[:split], bags.weight[:cut]),
+            _embedding_sum(weight, bags.idx[cut:], bags.ptr[split:-1] - cut, bags.weight[cut:]))
+
+
+def bag_gradient(bags: Bags, g: np.ndarray, shape: tuple[int, ...], sparse: bool) -> torch.Tensor:
+    """The gradient of a table of `shape` given g (n_bags, dim), the gradient of each bag sum: P.T @ g, dense or
+    row-sparse over the rows the bags touch (for SparseAdam)."""
+    if not sparse:
+        return torch.from_numpy(np.asarray(bags.transposed(shape[0]) @ g, dtype=np.float32))
+    rows, local = np.unique(bags.idx, return_inverse=True)
+    values = Bags(bags.ptr, local.reshape(-1).astype(np.int64), bags.weight).transposed(len(rows)) @ g
+    return torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(np.asarray(values, np.float32)),
+                                   shape, is_coalesced=True, check_invariants=False)
 
 
 def _embedding_sum(weight: torch.Tensor, idx: np.ndarray, offsets: np.ndarray, w: np.ndarray) -> torch.Tensor:

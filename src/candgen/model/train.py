@@ -42,7 +42,8 @@ from candgen.errors import CandgenError
 from candgen.model.batches import Batch, BatchMaker, Prefetch
 from candgen.model.export import TwoTowerModel
 from candgen.model.features import FeatureSpace, ItemCodes, PositiveLog, age_bucket, negatives_by_user
-from candgen.model.losses import accidental_hits, grouped_softmax_loss, retrieval_loss
+from candgen.model.fused import fused_softmax_loss
+from candgen.model.losses import accidental_hits, retrieval_loss
 from candgen.model.towers import TwoTower
 from candgen.types import NO_PROGRESS, Progress
 
@@ -181,14 +182,15 @@ class _Trainer:
     def batch_loss(self, batch: Batch, *, log_q_table: torch.Tensor | None, weight_scale: float) -> torch.Tensor:
         """The training loss of a batch through the fast path: each table read once (`TwoTower.encode`), each
         distinct candidate embedded and (for the softmax) scored once."""
+        if batch.softmax is not None and batch.softmax_weight is not None:
+            # weight_scale cancels in the weighted mean
+            return fused_softmax_loss(self.model, batch.id_bags, batch.feat_bags, batch.n_unique,
+                                      self.history_vectors(batch), batch.softmax, temperature=self.config.temperature,
+                                      weight=torch.from_numpy(batch.softmax_weight))
         users, unique_items = self.model.encode(batch.id_bags, batch.feat_bags, batch.n_unique,
                                                 self.history_vectors(batch))
-        if batch.softmax is None or batch.softmax_weight is None:
-            items = unique_items[torch.from_numpy(batch.inverse)]
-            return self.loss(batch, users, items, log_q_table=log_q_table, weight_scale=weight_scale)
-        # weight_scale cancels in the weighted mean
-        return grouped_softmax_loss(users, unique_items, batch.softmax, temperature=self.config.temperature,
-                                    weight=torch.from_numpy(batch.softmax_weight))
+        items = unique_items[torch.from_numpy(batch.inverse)]
+        return self.loss(batch, users, items, log_q_table=log_q_table, weight_scale=weight_scale)
 
     def inv_q(self, log_q_table: torch.Tensor | None) -> np.ndarray | None:
         """exp(-logQ) per item (cached per table)."""
