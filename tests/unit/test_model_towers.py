@@ -143,3 +143,30 @@ def test_reference_item_tower_mean_of_tags_ignores_padding(world):
         tag_t = model.tables.table("tag")
         expect = F.normalize((tag_t[1] + tag_t[2]) / 2 + model.tables.table("age")[0], dim=-1)
     torch.testing.assert_close(got[0], expect)
+
+
+def test_fused_head_matches_autograd_including_a_zero_vector():
+    """The hand-written head (residual MLP + L2 normalisation) of `fused.py` against autograd, with one row whose
+    MLP output is exactly zero (the normalisation's clamp is active there and its radial term must vanish)."""
+    from candgen.model.fused import _head_backward, _head_forward
+    from candgen.model.towers import ResidualMLP
+
+    torch.manual_seed(0)
+    mlp = ResidualMLP(4, 8)
+    with torch.no_grad():
+        mlp.fc1.bias.zero_()
+        mlp.fc2.bias.zero_()
+    x = torch.randn(5, 4)
+    x[2] = 0.0  # y = x + fc2(relu(fc1 x)) = 0
+    g = torch.randn(5, 4)
+    with torch.no_grad():
+        h, norm, out = _head_forward(x, mlp)
+        g_x, grads = _head_backward(g, x, h, norm, out, mlp)
+    xr = x.clone().requires_grad_()
+    ref = F.normalize(mlp(xr), dim=-1)
+    torch.testing.assert_close(out, ref.detach())
+    ref.backward(g)
+    torch.testing.assert_close(g_x, xr.grad)
+    for got, p in zip(grads, (mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias), strict=True):
+        torch.testing.assert_close(got, p.grad)
+    assert norm[2].item() == pytest.approx(1e-12) and g_x[2].abs().sum() > 0
