@@ -10,7 +10,9 @@ Printed per mode, as medians over the rounds: examples/s wall, examples per CPU-
 examples/s over the wall time minus the time the training thread spent waiting for a CPU in the run queue
 (from /proc/thread-self/schedstat, Linux only). On a machine shared with other jobs the last column is what
 an otherwise idle machine would give; it is conservative for the prefetch mode, whose batch thread's own
-waits are not subtracted.
+waits are not subtracted. The fourth column divides by the CPU time of the busier of the two threads (the
+training thread, which in the "steps" mode also assembles its batches, and the batch thread): what two idle cores
+would give with one thread on each and no waiting between them, an upper bound for the prefetch mode.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -68,20 +71,31 @@ def measure(data: str | None, movielens: Path, threads: int, steps: int) -> dict
         tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
     out = {}
     modes = ["steps"] + (["steps, prefetched batches"] if hasattr(tr, "train_batch") else [])
+    batch_cpu = [0.0]
+
+    def made(ix: list[np.ndarray], inv_q: np.ndarray | None) -> Iterator[object]:
+        """The batches, assembled in the calling (prefetch) thread, adding up that thread's CPU time."""
+        for b in ix:
+            c = time.thread_time()
+            batch = tr.batches.make(log, b, neg, inv_q)
+            batch_cpu[0] += time.thread_time() - c
+            yield batch
+
     for mode in modes:
         wall0, wait0, proc0 = time.perf_counter(), _run_queue_wait(), time.process_time()
+        thread0, batch_cpu[0] = time.thread_time(), 0.0
         if mode == "steps":
             for b in batches[5:]:
                 tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
         else:
             from candgen.model.batches import Prefetch
-            inv_q = tr.inv_q(log_q)
-            with Prefetch(tr.batches.make(log, b, neg, inv_q) for b in batches[5:]) as stream:
+            with Prefetch(made(batches[5:], tr.inv_q(log_q))) as stream:
                 for batch in stream:
                     tr.train_batch(batch, log_q_table=log_q, weight_scale=1.0)
         wall, wait1, proc = time.perf_counter() - wall0, _run_queue_wait(), time.process_time() - proc0
+        busiest = max(time.thread_time() - thread0, batch_cpu[0])
         n = steps * bs
-        out[mode] = [n / wall, n / proc, n / (wall - (wait1 - wait0))]
+        out[mode] = [n / wall, n / proc, n / (wall - (wait1 - wait0)), n / busiest]
     out["load"] = [os.getloadavg()[0]]
     return out
 
@@ -122,7 +136,8 @@ def main() -> None:
         med = [statistics.median(col) for col in zip(*rows, strict=True)]
         base = base or med
         print(f"  {name:34s} {med[0]:8,.0f} ex/s wall ({med[0] / base[0]:.2f}x)  {med[1]:8,.0f} per CPU-s "
-              f"({med[1] / base[1]:.2f}x)  {med[2]:8,.0f} ex/s wall minus run-queue wait ({med[2] / base[2]:.2f}x)")
+              f"({med[1] / base[1]:.2f}x)  {med[2]:8,.0f} ex/s wall minus run-queue wait ({med[2] / base[2]:.2f}x)  "
+              f"{med[3]:8,.0f} per CPU-s of the busiest thread ({med[3] / base[3]:.2f}x)")
 
 
 if __name__ == "__main__":
