@@ -88,6 +88,49 @@ def test_ivfpq_reranks_with_exact_scores_and_fixes_pq_m():
     assert np.allclose(res.scores, exact, atol=1e-5)  # scores are exact inner products, not PQ estimates
 
 
+def _rerank_reference(idx: IVFPQIndex, x: np.ndarray, q: np.ndarray, k: int) -> list[list[int]]:
+    """The re-ranking spelled out in numpy: the PQ search's k * rerank_factor candidates, re-scored exactly."""
+    fetch = k * idx.rerank_factor
+    _, cand = idx._index.search(q, fetch, params=idx._search_parameters(None))
+    out = []
+    for row, c in zip(q, cand, strict=True):
+        c = c[c >= 0]
+        out.append(c[np.argsort(-(x[c] @ row), kind="stable")][:k].tolist())
+    return out
+
+
+@pytest.mark.parametrize("nq", [1, 150])  # 150 > 100: FAISS re-ranks the batch on OpenMP threads
+def test_ivfpq_rerank_is_the_exact_top_k_of_the_pq_candidates(nq):
+    x = clustered(3000, 16, seed=21)
+    idx = IVFPQIndex(dim=16, nlist=16, nprobe=4, pq_m=4, rerank_factor=3)
+    idx.add(x, np.arange(3000))  # ids 0..n-1 land in slots 0..n-1
+    q = clustered(nq, 16, seed=22)
+    scores, slots = idx._faiss_search(q, 20, None)
+    assert slots.shape == (nq, 20)
+    assert [r.tolist() for r in slots] == _rerank_reference(idx, x, q, 20)
+    assert np.allclose(scores, np.einsum("qkd,qd->qk", x[slots], q), atol=1e-5)
+
+
+def test_ivfpq_rerank_pads_rows_the_pq_search_left_short(tmp_path):
+    x = clustered(400, 8, clusters=4, seed=23)
+    idx = IVFPQIndex(dim=8, nlist=8, nprobe=1, pq_m=4, pq_nbits=4, rerank_factor=4)
+    idx.add(x, np.arange(400))
+    idx.save(tmp_path / "pq")
+    mapped = load_index(tmp_path / "pq", mmap=True)  # the vectors are a read-only mapping
+    assert isinstance(mapped, IVFPQIndex) and not mapped._vectors.flags.writeable
+    q = x[:3]
+    k = 150  # one list of ~50 vectors cannot fill 150, let alone the 600 fetched for re-ranking
+    scores, slots = mapped._faiss_search(q, k, None)
+    ref = _rerank_reference(mapped, x, q, k)
+    for row_slots, row_scores, want in zip(slots, scores, ref, strict=True):
+        n_valid = len(want)
+        assert 0 < n_valid < k
+        assert row_slots[:n_valid].tolist() == want and (row_slots[n_valid:] == -1).all()
+        assert (row_scores[n_valid:] < -1e30).all()  # FAISS's -FLT_MAX; the public search pads with -inf
+    res = mapped.search(q, k)  # the widened probe completes the short rows
+    assert ((res.ids >= 0).sum(axis=1) == k).all() and np.isneginf(res.scores).sum() == 0
+
+
 def test_tiny_first_add_trains_small_codebooks():
     idx = IVFPQIndex(dim=8, pq_m=4)
     x = clustered(5, 8, seed=8)

@@ -150,25 +150,26 @@ class IVFPQIndex(IVFIndex):
 
     def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, widen: int = 0) -> tuple[Any, Any]:
         fetch = min(k * self.rerank_factor, max(self._count, k))
-        _, slots = self._index.search(queries, fetch, params=self._search_parameters(sel, widen))
-        valid = slots >= 0
-        # exact inner products of the fetched candidates: one gather + matrix-vector product per
-        # query (BLAS), ~30% faster than a batched einsum over the (nq, fetch, dim) gather
-        exact = np.empty(slots.shape, dtype=np.float32)
-        for i in range(len(queries)):
-            exact[i] = np.take(self._vectors, np.maximum(slots[i], 0), axis=0) @ queries[i]
-        exact[~valid] = -np.inf
+        n = queries.shape[0]
+        cand = np.empty((n, fetch), dtype=np.int64)
+        approx = np.empty((n, fetch), dtype=np.float32)
+        self._index.search_c(n, faiss.swig_ptr(queries), fetch, faiss.swig_ptr(approx), faiss.swig_ptr(cand),
+                             self._search_parameters(sel, widen))
+        # exact re-ranking in FAISS's C++ (`knn_inner_products_by_idx`: gather, dot product, top-k heap
+        # per query; OpenMP only for batches > 100). The numpy version it replaces (a gather and a
+        # BLAS mat-vec per query, argpartition, argsort) took 12 ms at k=1000 on 200k items against
+        # 1.8 ms for the PQ search itself: temporaries, and OpenBLAS threads spinning on a busy machine.
+        # Missing candidates (-1) come last in a row and stop the scan; short rows get -1 / -FLT_MAX.
         kk = min(k, fetch)
-        if kk < fetch:
-            top = np.argpartition(-exact, kk - 1, axis=1)[:, :kk]
-        else:
-            top = np.broadcast_to(np.arange(fetch), exact.shape)
-        top_scores = np.take_along_axis(exact, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        out_slots = np.take_along_axis(slots, top, axis=1)
-        out_scores = np.take_along_axis(top_scores, order, axis=1)
-        return out_scores, np.where(np.isfinite(out_scores), out_slots, -1)
+        vectors = self._vectors
+        if not vectors.flags.c_contiguous or vectors.dtype != np.float32:  # never for our own arrays
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        scores = np.empty((n, kk), dtype=np.float32)
+        slots = np.empty((n, kk), dtype=np.int64)
+        faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]
+            faiss.swig_ptr(queries), faiss.swig_ptr(vectors), faiss.swig_ptr(cand), self.dim, n, len(vectors),
+            fetch, kk, faiss.swig_ptr(scores), faiss.swig_ptr(slots), fetch)
+        return scores, slots
 
     def _extra_files(self, path: Path) -> dict[str, Any]:
         tmp = path / f".{VECTORS_FILE}.tmp.npy"
