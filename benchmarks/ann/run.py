@@ -1,9 +1,13 @@
 """ANN benchmark: candgen's indexes vs raw FAISS, hnswlib, usearch and a Milvus server, side by side.
 
-    .venv/bin/python benchmarks/ann/run.py --n 1000000 --dim 128          # the full run (~25 min)
-    .venv/bin/python benchmarks/ann/run.py --n 100000 --dim 128 --queries 300   # quick
+    .venv/bin/python benchmarks/ann/run.py --data model --n 1000000 --dim 128 --queries 500   # the full run
+    .venv/bin/python benchmarks/ann/run.py --data mixture --n 100000 --dim 128 --queries 300  # quick
 
-Data: `data.dataset` (clustered unit vectors, held-out perturbed queries); exact truth from FAISS
+Data (--data): `model` (the default: what candgen really indexes) trains candgen's two-tower model
+on a synthetic world of --n items and --users users (`model_data.model_dataset`; ~35 min at 1M on a
+loaded 2-core machine, cached) and uses its item embeddings as the base and user-tower embeddings
+of randomly drawn warm users as queries; `mixture` (`data.dataset`) is a hard Gaussian mixture
+with held-out perturbed queries, a stress case with no model behind it. Exact truth from FAISS
 flat, cached in --cache-dir keyed by the data parameters. Per contestant: build time, memory (index
 bytes where the library reports them, else this process's RSS growth; the Milvus server's RSS
 growth), p50/p99 of single-query latency (1 thread, every query), batch QPS on 2 threads, and
@@ -29,8 +33,18 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from contestants import CandgenIndex, Contestant, Hnswlib, Milvus, RawFaiss, Usearch, _rss  # noqa: E402
+from contestants import (  # noqa: E402
+    CandgenIndex,
+    Contestant,
+    Hnswlib,
+    Milvus,
+    RawFaiss,
+    RawFaissRefine,
+    Usearch,
+    _rss,
+)
 from data import dataset, ground_truth, recall_at_k  # noqa: E402
+from model_data import model_dataset  # noqa: E402
 
 # cheapest builds first: a run cut short still has the IVF, Milvus and FAISS HNSW rows
 ALL = ("ivf", "ivfpq", "milvus", "hnsw", "hnswlib", "usearch")
@@ -139,6 +153,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000, help="held-out queries (single-query latency and QPS)")
     ap.add_argument("--k", default="1000,100", help="comma-separated k values")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default="model", choices=("model", "mixture"),
+                    help="model: two-tower item/user embeddings (default); mixture: a hard Gaussian mixture")
+    ap.add_argument("--users", type=int, default=200_000, help="--data model: users of the synthetic world")
+    ap.add_argument("--epochs", type=int, default=1, help="--data model: training epochs")
+    ap.add_argument("--batch-size", type=int, default=1024, help="--data model: training batch size")
+    ap.add_argument("--world", type=Path, help="--data model: an existing world generated with --n, --users, --seed")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     ap.add_argument("--nlist", type=int, default=0,
                     help="IVF lists (candgen IVF, IVF-PQ and Milvus IVF); 0: 4096 at 1M, scaled by sqrt(n)")
@@ -154,11 +174,19 @@ def main() -> None:
         ap.error(f"unknown contestants {sorted(unknown)}; choose from {ALL}")
 
     t = time.perf_counter()
-    x, q = dataset(args.n, args.dim, args.queries, seed=args.seed)
+    if args.data == "model":
+        x, q, info = model_dataset(args.n, args.dim, args.queries, seed=args.seed, users=args.users,
+                                   epochs=args.epochs, batch_size=args.batch_size, cache_dir=args.cache_dir,
+                                   world=args.world)
+        key = f"{info['key']}|nq={args.queries}"
+        log(f"model data: {info['interactions']:,} interactions, {info['epochs']} epochs trained in "
+            f"{float(info['train_s']):.0f} s (cached)")  # type: ignore[arg-type]
+    else:
+        x, q = dataset(args.n, args.dim, args.queries, seed=args.seed)
+        key = f"mixture-v1|n={args.n}|dim={args.dim}|nq={args.queries}|seed={args.seed}"
     log(f"data {x.shape} + {len(q)} queries in {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
-    truth = ground_truth(x, q, max(ks), cache_dir=args.cache_dir,
-                        key=f"mixture-v1|n={args.n}|dim={args.dim}|nq={args.queries}|seed={args.seed}")
+    truth = ground_truth(x, q, max(ks), cache_dir=args.cache_dir, key=key)
     log(f"exact truth (k={max(ks)}) in {time.perf_counter() - t:.1f} s (cache {args.cache_dir})")
 
     # the reference setting is IVF4096 at 1M items; lists of the same average size at other n
@@ -193,10 +221,13 @@ def main() -> None:
         group: list[Contestant] = [c]
         if isinstance(c, CandgenIndex):
             label = c.name.removeprefix("candgen ").replace("+rerank", " (codes only, no rerank)")
-            raw = RawFaiss(c, label)
-            raw.build(x)
-            group.append(raw)
-        rows += measure(group, q, truth, ks, [(build_s, mem), (None, None)])
+            raws: list[Contestant] = [RawFaiss(c, label)]
+            if c.kind == "ivfpq":
+                raws.append(RawFaissRefine(c, c.name.removeprefix("candgen ").replace("+rerank", "+IndexRefineFlat")))
+            for raw in raws:
+                raw.build(x)
+                group.append(raw)
+        rows += measure(group, q, truth, ks, [(build_s, mem)] + [(None, None)] * (len(group) - 1))
         del group
         c.close()
         del c
@@ -207,7 +238,8 @@ def main() -> None:
 
 def report(args: Any, rows: list[dict[str, Any]], *, final: bool) -> None:
     """The table on stdout (final) and, with --out, JSON plus a markdown copy (also after each contestant)."""
-    text = "\n".join([f"ANN benchmark: n={args.n:,} dim={args.dim} queries={args.queries} seed={args.seed}", "",
+    text = "\n".join([f"ANN benchmark: data={args.data} n={args.n:,} dim={args.dim} queries={args.queries} "
+                      f"seed={args.seed}", "",
                       markdown(rows), "", *(f"- {line}" for line in overheads(rows))])
     if final:
         print("\n" + text)
