@@ -120,13 +120,26 @@ async def _internal(_: Request, exc: Exception) -> Response:
     return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the server log")
 
 
+_HANDLERS: tuple[tuple[type[Exception], Any], ...] = (
+    (ApiError, _api_error), (RequestValidationError, _request_validation), (StarletteHTTPException, _http_exception),
+    (UnknownIdError, _unknown_id), (EngineNotReadyError, _not_ready), (EngineOverloadedError, _overloaded),
+    (CandgenError, _bad_input), (Exception, _internal),
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error through `error_response` (handlers are looked up by the exception's MRO)."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _request_validation)
-    app.add_exception_handler(StarletteHTTPException, _http_exception)
-    app.add_exception_handler(UnknownIdError, _unknown_id)
-    app.add_exception_handler(EngineNotReadyError, _not_ready)
-    app.add_exception_handler(EngineOverloadedError, _overloaded)
-    app.add_exception_handler(CandgenError, _bad_input)
-    app.add_exception_handler(Exception, _internal)
+    for exc, handler in _HANDLERS:
+        app.add_exception_handler(exc, handler)
+
+
+async def handled(request: Request, exc: Exception) -> Response | None:
+    """The answer the app's handlers give `exc` (as Starlette picks them, by the exception's MRO), for code that
+    runs outside the app's exception middleware (the fast routes of `serve.middleware.Gate`); None for what only
+    the outermost handler answers (500), which the caller should let propagate to it."""
+    handlers = dict(_HANDLERS)
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            return None if cls is Exception else await handler(request, exc)  # type: ignore[no-any-return]
+    return None

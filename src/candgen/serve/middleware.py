@@ -10,8 +10,10 @@ its Content-Length alone, or as soon as a chunked upload crosses the limit, with
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candgen.serve.errors import error_response
@@ -19,8 +21,11 @@ from candgen.serve.metrics import ServeMetrics
 
 T0_KEY = "candgen.t0"  # scope key: perf_counter() when the request arrived (answers report took_ms from it)
 
+# (scope, body) -> the answer, or None to pass the request on to the app
+FastHandler = Callable[[Scope, bytes], Awaitable[Response | None]]
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+
+def header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope.get("headers", ()):
         if k == name:
             return bytes(v)
@@ -28,10 +33,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: ServeMetrics) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: ServeMetrics,
+                 fast: Mapping[tuple[str, str], tuple[Any, FastHandler]] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.fast = fast if fast is not None else {}  # (method, path) -> (the app's route, handler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +68,15 @@ class Gate:
                     headers={"Connection": "close"},
                 )(scope, receive, send_status)
             else:
-                await self.app(scope, limited, send_status)
+                fast = self.fast.get((scope.get("method", ""), scope.get("path", ""))) if self.fast else None
+                answer = None
+                if fast is not None and not scope.get("root_path"):
+                    scope["route"] = fast[0]  # the metrics label of the route it stands in for
+                    answer = await fast[1](scope, limited.body if isinstance(limited, _Replay) else b"")
+                if answer is not None:
+                    await answer(scope, limited, send_status)
+                else:
+                    await self.app(scope, limited, send_status)
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unrouted"  # never the raw path: unbounded labels
@@ -69,7 +84,7 @@ class Gate:
 
     async def _read_limited(self, scope: Scope, receive: Receive) -> Any:
         """The receive callable to hand on; False if the body is too large; None if the client disconnected."""
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         if length is not None:
             try:
                 n = int(length)
@@ -79,7 +94,7 @@ class Gate:
                 return False
             if n == 0:
                 return receive
-        elif _header(scope, b"transfer-encoding") is None:
+        elif header(scope, b"transfer-encoding") is None:
             return receive  # no body at all (GET, DELETE, ...)
         chunks: list[bytes] = []
         size = 0
@@ -94,14 +109,17 @@ class Gate:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
+        return _Replay(b"".join(chunks), receive)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # later calls wait for the disconnect, as the server's own would
 
-        return replay
+class _Replay:
+    """A receive callable that hands the app the body the gate buffered (`body`), then the server's own."""
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self.body, self._receive, self._replayed = body, receive, False
+
+    async def __call__(self) -> Message:
+        if not self._replayed:
+            self._replayed = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        return await self._receive()  # later calls wait for the disconnect, as the server's own would
