@@ -189,7 +189,7 @@ def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, thre
         t, c = time.perf_counter(), time.process_time()
         if prefetch:
             inv_q = tr.inv_q(log_q)
-            with Prefetch(tr.batches.make(log, b, neg, inv_q) for b in batches[5:]) as stream:
+            with Prefetch(tr.pool_history(tr.batches.make(log, b, neg, inv_q)) for b in batches[5:]) as stream:
                 for batch in stream:
                     tr.train_batch(batch, log_q_table=log_q, weight_scale=1.0)
         else:

@@ -78,6 +78,8 @@ def measure(data: str | None, movielens: Path, threads: int, steps: int) -> dict
         for b in ix:
             c = time.thread_time()
             batch = tr.batches.make(log, b, neg, inv_q)
+            if hasattr(tr, "pool_history"):  # as train_two_tower's batch thread does
+                batch = tr.pool_history(batch)
             batch_cpu[0] += time.thread_time() - c
             yield batch
 

@@ -187,3 +187,29 @@ def test_sparse_tables_train_with_sparse_adam(world, monkeypatch):
     model = train_two_tower(world, config=small_config(epochs=4), events=EVENTS, refit=False)
     assert _topic_precision(model, world) > 0.8
     assert not model.weights["item.id_emb.weight"][0].any()  # the unknown row never moves
+
+
+def test_history_pooled_ahead_is_used_only_while_the_bank_is_unchanged(world):
+    """The batch thread pools a batch's history over the bank it sees (`pool_history`); a refresh in between
+    makes the step pool it again over the new bank, so prefetching never trains on stale history vectors."""
+    import torch
+
+    from candgen.model.features import FeatureSpace, PositiveLog, negatives_by_user
+    from candgen.model.train import _Trainer
+
+    cfg = small_config()
+    space = FeatureSpace.from_dataset(world, id_buckets=cfg.id_buckets, history_len=cfg.history_len)
+    tr = _Trainer(world, space, cfg, EVENTS)
+    log = PositiveLog.build(world.interactions, EVENTS, world.n_users)
+    neg = negatives_by_user(world.interactions, EVENTS, world.n_users)
+    tr.refresh_bank()
+    batch = tr.pool_history(tr.batch(log, np.arange(100, 164), neg, None))
+    assert batch.history_pool is not None
+    pooled = batch.history_pool[1]
+    assert tr.history_vectors(batch) is pooled and pooled.abs().sum() > 0
+    with torch.no_grad():
+        tr.model.item.mlp.fc2.bias.add_(1.0)  # every item vector moves
+    tr.refresh_bank()
+    fresh = tr.history_vectors(batch)
+    assert not torch.allclose(fresh, pooled)
+    torch.testing.assert_close(fresh, tr.pool_history(batch).history_pool[1])  # type: ignore[index]

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -50,6 +50,8 @@ class Batch:
     weight: np.ndarray  # (B,) float32 event weight of each example
     softmax: GroupedSoftmax | None = None  # the softmax loss's inputs; None for the other losses
     softmax_weight: np.ndarray | None = None  # (B,) float32 example weights normalised to sum 1
+    # (bank version, (B, D) pooled history vectors), filled ahead of the step by the trainer (`pool_history`)
+    history_pool: tuple[int, Any] | None = None
 
 
 class BatchMaker:

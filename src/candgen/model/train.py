@@ -114,7 +114,9 @@ class _Trainer:
         self.opt_dense = torch.optim.AdamW(dense, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            fused=True)
         self.now = int(ds.interactions.timestamp.max()) if len(ds.interactions) else 0
-        self.bank = torch.zeros(ds.n_items, config.dim)
+        # (version, vectors): replaced whole by each refresh, never written in place, so the batch thread can pool
+        # a batch's history from the version it reads while this thread refreshes
+        self._bank = (0, torch.zeros(ds.n_items, config.dim))
         self._inv_q_of: torch.Tensor | None = None
         self._inv_q_table = np.zeros(0)
 
@@ -124,19 +126,34 @@ class _Trainer:
         return [torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in
                 (c.id_bucket, c.tags, c.category, c.creator, age_bucket(c.created_at, now))]
 
+    @property
+    def bank(self) -> torch.Tensor:
+        return self._bank[1]
+
     def refresh_bank(self) -> None:
         """Item-tower outputs of the whole catalog: the (gradient-free) history item vectors."""
         self.model.eval()
+        bank = torch.empty_like(self.bank)
         with torch.no_grad():
             for s in range(0, self.ds.n_items, 65_536):
                 rows = np.arange(s, min(self.ds.n_items, s + 65_536))
-                self.bank[rows] = self.model.item(*self._item_tensors(rows, self.now))
+                bank[rows] = self.model.item(*self._item_tensors(rows, self.now))
         self.model.train()
+        self._bank = (self._bank[0] + 1, bank)
+
+    def pool_history(self, batch: Batch) -> Batch:
+        """Pools `batch`'s history over the current bank ahead of its step (the batch thread calls this); the step
+        uses the pool only if the bank has not been refreshed since."""
+        version, bank = self._bank
+        batch.history_pool = (version, _pool(batch, bank))
+        return batch
 
     def history_vectors(self, batch: Batch) -> torch.Tensor:
         """(B, D) weighted pool of the history items' bank vectors (no gradient)."""
-        return F.embedding_bag(torch.from_numpy(batch.hist), self.bank, mode="sum",
-                               per_sample_weights=torch.from_numpy(batch.hist_weights))
+        version, bank = self._bank
+        if batch.history_pool is not None and batch.history_pool[0] == version:
+            return batch.history_pool[1]
+        return _pool(batch, bank)
 
     def loss(self, batch: Batch, users: torch.Tensor, items: torch.Tensor, *, log_q_table: torch.Tensor | None,
              weight_scale: float) -> torch.Tensor:
@@ -205,6 +222,11 @@ class _Trainer:
         return TwoTowerModel(space=self.space, weights=self.model.export_weights(),
                              catalog_vectors=self.bank.numpy().copy(), catalog_id_bucket=self.codes.id_bucket,
                              config=asdict(config), info=info)
+
+
+def _pool(batch: Batch, bank: torch.Tensor) -> torch.Tensor:
+    return F.embedding_bag(torch.from_numpy(batch.hist), bank, mode="sum",
+                           per_sample_weights=torch.from_numpy(batch.hist_weights))
 
 
 def _log_q_table(log: PositiveLog, n_items: int, batch: int, n_random: int) -> torch.Tensor:
@@ -313,7 +335,7 @@ def _fit(ds: Dataset, space: FeatureSpace, config: ModelConfig, events: EventsCo
         for _ in range(epochs):
             perm = trainer.rng.permutation(n)
             for s in range(steps):
-                yield trainer.batches.make(log, perm[s * bs:(s + 1) * bs], neg, inv_q)
+                yield trainer.pool_history(trainer.batches.make(log, perm[s * bs:(s + 1) * bs], neg, inv_q))
 
     with Prefetch(batches()) as stream:
         for epoch in range(epochs):
