@@ -140,6 +140,13 @@ def main() -> None:
         print(f"  {name:34s} {med[0]:8,.0f} ex/s wall ({med[0] / base[0]:.2f}x)  {med[1]:8,.0f} per CPU-s "
               f"({med[1] / base[1]:.2f}x)  {med[2]:8,.0f} ex/s wall minus run-queue wait ({med[2] / base[2]:.2f}x)  "
               f"{med[3]:8,.0f} per CPU-s of the busiest thread ({med[3] / base[3]:.2f}x)")
+    # each round ran both trees back to back: the ratio within a round cancels load that drifts between rounds
+    for mode in [m.split(": ", 1)[1] for m in results if m.startswith("after: ")]:
+        before, after = results.get(f"before: {mode}"), results[f"after: {mode}"]
+        if before is not None:
+            ratios = [statistics.median(a[c] / b[c] for a, b in zip(after, before, strict=True)) for c in range(4)]
+            print(f"  after / before, {mode}, median of the per-round ratios: "
+                  + ", ".join(f"{r:.2f}x" for r in ratios))
 
 
 if __name__ == "__main__":
