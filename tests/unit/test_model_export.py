@@ -112,6 +112,17 @@ def test_embed_users_and_recommend_exclude_seen(world, model):
     assert (big.ids[0] == -1).sum() == 3 + n_seen and len(big[0]) == world.n_items - n_seen
 
 
+def test_recommend_in_small_blocks_gives_the_same_lists(world, model, monkeypatch):
+    """Large catalogs are scored a few users at a time (memory); the lists do not depend on the block size (the
+    scores up to the last bit of float32: BLAS sums in another order for another matrix shape)."""
+    users = np.arange(1, 40)
+    whole = model.recommend(world, users, 7)
+    monkeypatch.setattr("candgen.model.export.RECOMMEND_BLOCK_SCORES", 3 * world.n_items)  # 3 users per block
+    blocks = model.recommend(world, users, 7)
+    np.testing.assert_array_equal(blocks.ids, whole.ids)
+    np.testing.assert_allclose(blocks.scores, whole.scores, rtol=1e-6, atol=1e-6)
+
+
 def test_embed_user_errors_and_catalog_default(model):
     with pytest.raises(ValueError, match="history_weights has 1 entries for 2"):
         model.embed_user(attributes={}, interests=[], context={}, history_items=np.array([1, 2]),

@@ -38,6 +38,9 @@ from candgen.model.features import (
 from candgen.types import BatchCandidates
 
 FORMAT_VERSION = 1
+# `recommend` scores users in blocks of at most this many (user, item) scores: 1024 users x 1M items at once
+# took ~16 GB (scores, their negation and argpartition's int64 indices) and was OOM-killed on a 24 GB machine
+RECOMMEND_BLOCK_SCORES = 1 << 25
 CHUNK = 32_768  # rows per chunk when embedding a large catalog (bounds the (rows, tags, dim) temporaries)
 
 
@@ -226,8 +229,9 @@ class TwoTowerModel:
         ids = np.full((len(users), k), -1, dtype=np.int64)
         scores = np.full((len(users), k), -np.inf, dtype=np.float32)
         seen_ptr, seen_items = _seen_lists(ds, users) if exclude_seen else (None, None)
-        for s in range(0, len(users), 1024):
-            sc = queries[s: s + 1024] @ vectors.T
+        block = max(1, min(1024, RECOMMEND_BLOCK_SCORES // max(len(vectors), 1)))
+        for s in range(0, len(users), block):
+            sc = queries[s: s + block] @ vectors.T
             if seen_ptr is not None and seen_items is not None:
                 for r in range(len(sc)):
                     sc[r, seen_items[seen_ptr[s + r]: seen_ptr[s + r + 1]]] = -np.inf
