@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--threadpool", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--work-ms", type=float, default=3.0, help="engine time in the concurrency check")
     ap.add_argument("--skip-overhead", action="store_true", help="only the concurrency check")
+    ap.add_argument("--post-only", action="store_true",
+                    help="only the POST /v1/candidates k=K row in the threadpool (for alternated base/new runs)")
     a = ap.parse_args()
     if a.serve:
         serve(a.serve, a.k, bool(a.threadpool), a.work_ms)
@@ -199,13 +201,16 @@ def main() -> None:
     events = {"events": [{"user_id": f"u{j}", "item_id": f"i{j}", "event": "click"} for j in range(100)]}
     print(f"HTTP overhead, 1 uvicorn worker on loopback, keep-alive httpx client, {n} requests per row (ms); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
-    for threadpool in () if a.skip_overhead else (True, False):
+    for threadpool in () if a.skip_overhead else (True,) if a.post_only else (True, False):
         print(f"engine called {'in the threadpool' if threadpool else 'directly on the event loop'}:")
         print("| request | server p50 | server p99 | server CPU/req | client p50 | client p99 |")
         print("|---|---|---|---|---|---|")
         proc, url = start_server(k, threadpool)
         try:
             with httpx.Client(base_url=url) as c:
+                if a.post_only:
+                    print(measure(c, proc.pid, "POST", "/v1/candidates", {"user_id": "u1", "k": k}, n))
+                    continue
                 print(measure(c, proc.pid, "GET", "/healthz", None, n))
                 print(measure(c, proc.pid, "POST", "/v1/candidates", {"user_id": "u1", "k": k}, n))
                 print(measure(c, proc.pid, "POST", "/v1/candidates", {"user_id": "u1", "k": 10}, n))
@@ -215,6 +220,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
+    if a.post_only:
+        return
 
     print(f"\nEngine taking {a.work_ms:g} ms (GIL released), 8 concurrent clients x 150 requests, k=100")
     print("| engine call | QPS | /healthz p50 ms meanwhile | /healthz p99 ms |")
