@@ -161,6 +161,7 @@ def main() -> None:
     ap.add_argument("--world", type=Path, help="--data model: an existing world generated with --n, --users, --seed")
     ap.add_argument("--only", default=",".join(ALL),
                     help=f"comma-separated subset of {','.join(ALL)}, run in this order")
+    ap.add_argument("--nprobe", default="", help="comma-separated IVF nprobe values to sweep (default 32,64)")
     ap.add_argument("--nlist", type=int, default=0,
                     help="IVF lists (candgen IVF, IVF-PQ and Milvus IVF); 0: 4096 at 1M, scaled by sqrt(n)")
     ap.add_argument("--milvus-index", default="IVF_FLAT", choices=("IVF_FLAT", "HNSW"),
@@ -169,6 +170,10 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "candgen-ann-bench")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
+    if args.nprobe:  # the IVF search settings every IVF contestant sweeps (candgen, raw FAISS, Milvus)
+        import contestants
+
+        contestants.IVF_NPROBE = tuple(int(x) for x in args.nprobe.split(","))
     ks = [int(k) for k in args.k.split(",")]
     only = list(dict.fromkeys(args.only.split(",")))  # run in the order given (a run cut short keeps the first)
     if unknown := set(only) - set(ALL):
