@@ -117,13 +117,10 @@ class RawFaiss(Contestant):
         return self.index.search(q, k)[1]
 
 
-class RawFaissRefine(Contestant):
+class RawFaissRefine(RawFaiss):
     """`faiss.IndexRefineFlat` around the IVF-PQ inside a `CandgenIndex` (labels are row positions,
     as the refine index needs), k_factor = candgen's rerank_factor. Its flat copy of the vectors is
     extra memory that candgen does not hold twice; memory is reported as shared."""
-
-    def __init__(self, inner: CandgenIndex, label: str) -> None:
-        self.name, self.shared_with, self.inner = f"faiss {label}", inner.name, inner
 
     def build(self, x: np.ndarray) -> None:
         base = self.inner.index._index  # type: ignore[attr-defined]
@@ -131,19 +128,8 @@ class RawFaissRefine(Contestant):
         self.index.k_factor = float(self.inner.index.params["rerank_factor"])
         self.base = base
 
-    def settings(self, k: int) -> list[dict[str, int]]:
-        return self.inner.settings(k)
-
     def apply(self, setting: dict[str, int]) -> None:
         self.base.nprobe = setting["nprobe"]
-
-    def search_one(self, q: np.ndarray, k: int) -> np.ndarray:
-        faiss.omp_set_num_threads(1)
-        return self.index.search(q[None, :], k)[1][0]
-
-    def search_batch(self, q: np.ndarray, k: int) -> np.ndarray:
-        faiss.omp_set_num_threads(2)
-        return self.index.search(q, k)[1]
 
 
 # ---- other libraries --------------------------------------------------------------------------

@@ -124,6 +124,7 @@ class FaissIndex(VectorIndex):
         self._index.add_with_ids(vectors, slots)
 
     def _faiss_remove(self, slots: np.ndarray) -> None:
+        """Delete slots in place; never called on `appends_only` backends, which tombstone instead."""
         self._index.remove_ids(faiss.IDSelectorBatch(slots))
 
     def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, widen: int = 0) -> tuple[Any, Any]:

@@ -68,9 +68,6 @@ class HNSWIndex(FaissIndex):
         # HNSW labels are insertion positions; FaissIndex hands out slots in that same order
         self._index.add(vectors)
 
-    def _faiss_remove(self, slots: np.ndarray) -> None:  # pragma: no cover - appends_only tombstones
-        raise NotImplementedError("HNSW tombstones instead of deleting")
-
     def _faiss_search(self, queries: np.ndarray, k: int, sel: Any, widen: int = 0) -> tuple[Any, Any]:
         if widen:
             # the graph walk reached too few live vectors (heavy filtering): scan the flat storage,
