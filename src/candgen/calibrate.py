@@ -72,9 +72,15 @@ class Calibration:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _recall(lists: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    vals = [len(np.intersect1d(r, t)) / len(t) for r, t in zip(lists, truth, strict=True) if len(t)]
-    return float(np.mean(vals)) if vals else 0.0
+def _popularity_recall(items: np.ndarray, weights: np.ndarray, n_items: int, seen: list[np.ndarray],
+                       rel: list[np.ndarray], ks: tuple[int, ...]) -> np.ndarray:
+    """Per user, recall of the catalog ranked by `weights` summed per item (the user's seen items dropped),
+    averaged over `ks`: one weighted bincount and one sort for every user."""
+    s = np.bincount(items, weights=weights, minlength=n_items)
+    top = np.argsort(-s, kind="stable")[: max(ks) + max((len(x) for x in seen), default=0)]
+    lists = [top[~np.isin(top, x)] for x in seen]
+    return np.array([np.mean([len(np.intersect1d(x[:k], t)) / len(t) for k in ks]) if len(t) else 0.0
+                     for x, t in zip(lists, rel, strict=True)])
 
 
 def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: np.ndarray,
@@ -115,12 +121,9 @@ def calibrate(ds: Dataset, *, config: Config, model: Any, index: Any, vectors: n
     age_h = (now - inter.timestamp.astype(np.float64)) / 3600.0
     seen = _seen_sets(fit, everyone)
     scores_by_hl = {}
-    depth = max(ks) + max((len(x) for x in seen), default=0)
     for hl in HALF_LIVES_H:
-        s = np.bincount(inter.item, weights=w * np.exp2(-age_h / hl), minlength=fit.n_items)
-        top = np.argsort(-s, kind="stable")[:depth]
-        lists = [top[~np.isin(top, seen[i])] for i in range(len(everyone))]
-        scores_by_hl[hl] = float(np.mean([_recall([x[:k] for x in lists], rel) for k in ks]))
+        scores_by_hl[hl] = float(_popularity_recall(inter.item, w * np.exp2(-age_h / hl), fit.n_items, seen, rel,
+                                                    ks).mean())
         progress.advance("calibrate", 1)
     best_hl = max(HALF_LIVES_H, key=lambda h: (scores_by_hl[h], h == cfg.sources.trending_half_life_hours))
     cfg.sources.trending_half_life_hours = best_hl
@@ -180,27 +183,17 @@ def _calibrate_popularity(cfg: Config, fit: Dataset, users: np.ndarray, truth: A
     (step 1's half-life, the configured boost) stays unless an option beats it by more than z standard errors
     of the paired per-user difference. Changes `cfg.sources` in place; returns what was measured."""
     from candgen.calibrate_blend import margin
-    from candgen.sources.activity import EARLY_BOOST, early_weights, engagement_ranks
+    from candgen.sources.activity import early_boosted
 
     current = (cfg.sources.popular_half_life_hours, cfg.sources.popular_early_boost)
     if len(users) < MIN_USERS:
         return {"kept": list(current), "why": f"{len(users)} cold validation users"}
     inter = fit.interactions
-    boost = np.ones(len(w))
-    pos = np.flatnonzero(w > 0)
-    boost[pos] = early_weights(engagement_ranks(inter.user[pos]), EARLY_BOOST)
+    weights = {False: w, True: early_boosted(inter.user, w)}
     rel = [truth.row(int(u)) for u in users]
-    depth = max(ks) + max((len(x) for x in seen), default=0)
-    per_user: dict[tuple[float, bool], np.ndarray] = {}
-    for hl in HALF_LIVES_H:
-        for boosted in (False, True):
-            s = np.bincount(inter.item, weights=w * (boost if boosted else 1.0) * np.exp2(-age_h / hl),
-                            minlength=fit.n_items)
-            top = np.argsort(-s, kind="stable")[:depth]
-            lists = [top[~np.isin(top, seen[i])] for i in range(len(users))]
-            per_user[(hl, boosted)] = np.mean([[len(np.intersect1d(x[:k], t)) / len(t) for x, t in zip(lists, rel,
-                                                                                                    strict=True)]
-                                               for k in ks], axis=0)
+    per_user = {(hl, boosted): _popularity_recall(inter.item, weights[boosted] * np.exp2(-age_h / hl), fit.n_items,
+                                                  seen, rel, ks)
+                for hl in HALF_LIVES_H for boosted in (False, True)}
     base = per_user.get(current)
     best, best_margin = current, 0.0
     if base is not None:

@@ -53,6 +53,16 @@ def engagement_ranks(users: np.ndarray) -> np.ndarray:
     return rank
 
 
+def early_boosted(users: np.ndarray, weights: np.ndarray,
+                  boost: Sequence[tuple[int, float]] = EARLY_BOOST) -> np.ndarray:
+    """A float64 copy of `weights` with each positive one times its user's early-engagement multiplier
+    (`early_weights` of its number among that user's positive rows); rows in time order."""
+    out = np.array(weights, dtype=np.float64)
+    pos = np.flatnonzero(out > 0)
+    out[pos] *= early_weights(engagement_ranks(np.asarray(users)[pos]), boost)
+    return out
+
+
 def _csr(users: np.ndarray, values: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     """ptr over users for `values` already grouped by user (ascending)."""
     ptr = np.zeros(n_users + 1, np.int64)

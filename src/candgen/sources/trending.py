@@ -24,7 +24,7 @@ import numpy as np
 
 from candgen.config import EventsConfig
 from candgen.data.dataset import Categorical, Dataset
-from candgen.sources.activity import early_weights, engagement_ranks
+from candgen.sources.activity import early_boosted
 from candgen.sources.base import CandidateSource, UserContext, group_sum, load_parts, save_parts, sum_by_id, top_k
 from candgen.sources.catalog import Catalog
 from candgen.sources.decayed import SparseScores, group_scores
@@ -220,8 +220,8 @@ class SegmentRows:
         ts = inter.timestamp.astype(np.float64)
         w = inter.weights(events).astype(np.float64)
         if boost is not None:
-            counted = np.flatnonzero((ts <= now) & (w > 0))
-            w[counted] *= early_weights(engagement_ranks(inter.user[counted]), boost)
+            counted = ts <= now
+            w[counted] = early_boosted(inter.user[counted], w[counted], boost)
         # events after now do not count; those beyond the horizon weigh < 1e-12 of a fresh one
         use = (ts <= now) & (ts >= now - HORIZON_HALF_LIVES * hl) & (w > 0)
         contrib = w[use] * np.exp2((ts[use] - now) / hl)
