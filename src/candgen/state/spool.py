@@ -102,9 +102,13 @@ class EventSpool:
         """Append every spooled record to `store`'s log, oldest first: this worker's own, then those of any
         spool file no live process holds (deleted once empty). Stops at the first failed append (the rest
         stays for the next call). Returns how many records were delivered."""
-        with self._lock:
-            total = self._drain(self._db, store)
-            self._count = int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+        total = 0
+        with self._lock:  # adds wait meanwhile, so the count stays exact
+            if self._count:
+                try:
+                    total = self._drain(self._db, store)
+                finally:
+                    self._count = int(self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
         for path in sorted(self.directory.glob("*.sqlite3")):
             if path == self.path:
                 continue
