@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_model
 
 from candgen.artifacts import Manifest
 from candgen.cli.main import main
@@ -37,10 +38,7 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config() -> Config:
-    cfg = Config()
-    cfg.model.epochs = 1
-    cfg.model.dim = 16
-    cfg.model.batch_size = 256
+    cfg = tiny_model.tiny_config()
     cfg.state.snapshot_every_records = 0  # the tests take snapshots themselves (the job is tested on its own)
     cfg.state.snapshot_every_s = 0.0
     return cfg

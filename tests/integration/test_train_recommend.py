@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from tiny_model import tiny_config
 
 from candgen.artifacts import Manifest
 from candgen.cli.main import main
@@ -22,14 +23,6 @@ from candgen.sources.base import CandidateSource
 from candgen.types import Candidates, Request
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_config() -> Config:
-    cfg = Config()
-    cfg.model.epochs = 1
-    cfg.model.dim = 16
-    cfg.model.batch_size = 256
-    return cfg
 
 
 @pytest.fixture(scope="module")
