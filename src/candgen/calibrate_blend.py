@@ -194,8 +194,12 @@ def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequ
     report: dict[str, Any] = {"ks": list(ks), "z": z, "tried": tried}
     for mix in ([dict(current)] if best_quota[1] == current else [dict(current), best_quota[1]]):
         use = {n: float(w) for n, w in mix.items() if n in present}
-        ordered = cross_fitted(samples, names, lambda users, curves, use=use: quota_recall(  # type: ignore[misc]
-            users, use, ks=ks, overfetch=overfetch, normalization=normalization, curves=curves))
+
+        def ordered_recall(users: list[Sample], curves: dict[str, list[float]],
+                           use: dict[str, float] = use) -> np.ndarray:
+            return quota_recall(users, use, ks=ks, overfetch=overfetch, normalization=normalization, curves=curves)
+
+        ordered = cross_fitted(samples, names, ordered_recall)
         if ordered is None:
             continue
         m = margin(ordered, base, z)
