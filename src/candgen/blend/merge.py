@@ -274,7 +274,7 @@ def quota_merge(
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     _check_weights(mix)
-    pool = _Pool(lists, mix, normalization)
+    pool = _Pool(lists, mix, None if rescore is not None else normalization)  # no fused score to throw away
     if rescore is not None and len(pool.uniq):
         pool.fused = np.asarray(rescore(pool), np.float32)
     if k == 0 or len(pool.uniq) == 0:
