@@ -122,9 +122,10 @@ def main() -> None:
         ("split", f"time quantile {args.fraction}: {len(split.train.interactions)} train rows, "
                   f"{sum(1 for t in truth if t)} warm test users with ground truth"),
     ]
-    for threads, prefetch in ((1, False), (1, True), (2, True)):
+    for threads, prefetch in ((1, "none"), (1, "thread"), (1, "process"), (2, "process")):
         wall, cpu = step_throughput(split.train, cfg, events, threads=threads, prefetch=prefetch)
-        rows.append((f"training steps, {threads} torch thread(s){', prefetched batches' if prefetch else ''}",
+        ahead = {"none": "", "thread": ", batches made in a thread", "process": ", batches made in a process"}
+        rows.append((f"training steps, {threads} torch thread(s){ahead[prefetch]}",
                      f"{wall:,.0f} examples/s wall, {cpu:,.0f} per CPU-second"))
     if args.throughput_only:
         args.only_als = args.no_als = True
@@ -161,16 +162,19 @@ def two_tower_rows(split, cfg, events, warm, truth, k, train_two_tower, refit): 
     return rows
 
 
-def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, threads: int, prefetch: bool,
-                    steps: int = 60) -> tuple[float, float]:
+def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, threads: int, prefetch: str,
+                    steps: int = 200) -> tuple[float, float]:
     """Examples per second of plain training steps (no validation) with the given config, wall and per CPU-second
-    (all threads of the process). With `prefetch` the batches are assembled in a background thread while the
-    previous step trains, as `train_two_tower` does; without, each step assembles its own batch first."""
+    (all threads of the process, and the batch process's). `prefetch`: "none" (each step assembles its own batch
+    first), "thread" (assembled ahead in a background thread, which also pools the history) or "process" (in a
+    forked process, as `train_two_tower` does on Linux)."""
+    import resource
+
     import torch
 
-    from candgen.model.batches import Prefetch
     from candgen.model.features import FeatureSpace, PositiveLog, negatives_by_user
-    from candgen.model.train import _log_q_table, _Trainer
+    from candgen.model.prefetch import Prefetch, ProcessPrefetch
+    from candgen.model.train import _log_q_table, _Trainer, batch_bytes
 
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -186,16 +190,24 @@ def step_throughput(ds: Dataset, cfg: ModelConfig, events: EventsConfig, *, thre
         batches = [perm[(i * bs) % (len(perm) - bs):][:bs] for i in range(steps + 5)]
         for b in batches[:5]:  # warm-up
             tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
-        t, c = time.perf_counter(), time.process_time()
-        if prefetch:
-            inv_q = tr.inv_q(log_q)
-            with Prefetch(tr.pool_history(tr.batches.make(log, b, neg, inv_q)) for b in batches[5:]) as stream:
-                for batch in stream:
-                    tr.train_batch(batch, log_q_table=log_q, weight_scale=1.0)
-        else:
+        inv_q = tr.inv_q(log_q)
+        made = (tr.batches.make(log, b, neg, inv_q) for b in batches[5:])
+
+        def children_cpu() -> float:
+            r = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return r.ru_utime + r.ru_stime
+
+        t, c, cc = time.perf_counter(), time.process_time(), children_cpu()
+        if prefetch == "none":
             for b in batches[5:]:
                 tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        else:
+            stream = (ProcessPrefetch(made, slot_bytes=batch_bytes(cfg)) if prefetch == "process"
+                      else Prefetch(map(tr.pool_history, made)))
+            with stream:
+                for batch in stream:
+                    tr.train_batch(batch, log_q_table=log_q, weight_scale=1.0)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c + children_cpu() - cc
         return steps * bs / wall, steps * bs / cpu
     finally:
         torch.set_num_threads(prev)

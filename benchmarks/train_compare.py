@@ -90,7 +90,7 @@ def measure(data: str | None, movielens: Path, threads: int, steps: int) -> dict
             for b in batches[5:]:
                 tr.step(log, b, log_q_table=log_q, neg=neg, weight_scale=1.0)
         else:
-            from candgen.model.batches import Prefetch
+            from candgen.model.prefetch import Prefetch
             with Prefetch(made(batches[5:], tr.inv_q(log_q))) as stream:
                 for batch in stream:
                     tr.train_batch(batch, log_q_table=log_q, weight_scale=1.0)

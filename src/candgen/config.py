@@ -58,6 +58,9 @@ class ModelConfig:
     eval_k: int = 100
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    # assemble batches in a forked process (Linux) rather than a thread: numpy batch code and the torch step hold
+    # the GIL in turns, so a thread barely overlaps them (benchmarks/README.md, "training")
+    batch_process: bool = True
 
 
 @dataclass

@@ -1,9 +1,6 @@
-"""Training batches: grouping of candidates, bags and softmax inputs, determinism, and the prefetch thread."""
+"""Training batches: grouping of candidates, bags and softmax inputs, determinism."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -11,7 +8,7 @@ from model_world import planted_world
 from test_model_train import small_config
 
 from candgen.config import EventsConfig
-from candgen.model.batches import BatchMaker, Prefetch
+from candgen.model.batches import BatchMaker
 from candgen.model.features import FeatureSpace, PositiveLog, age_bucket, negatives_by_user
 
 EVENTS = EventsConfig()
@@ -67,48 +64,3 @@ def test_batches_are_deterministic_by_seed_and_other_losses_skip_the_softmax_inp
     assert a.cand.tolist() != c.cand.tolist()
     other = _maker(world, loss="triplet")[0].make(log, ex, neg, None)
     assert other.softmax is None and other.softmax_weight is None
-
-
-def test_prefetch_yields_in_order_ahead_of_the_consumer():
-    produced: list[int] = []
-
-    def source():
-        for i in range(10):
-            produced.append(i)
-            yield i
-
-    with Prefetch(source(), depth=2) as stream:
-        first = next(stream)
-        deadline = time.monotonic() + 5
-        while len(produced) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert first == 0 and len(produced) <= 4  # at most `depth` items queued plus one being put
-        assert [first, *stream] == list(range(10))
-    with pytest.raises(StopIteration):
-        next(stream)
-
-
-def test_prefetch_reraises_the_sources_error_and_stops_early_on_close():
-    def failing():
-        yield 1
-        raise RuntimeError("bad batch")
-
-    stream = Prefetch(failing())
-    assert next(stream) == 1
-    with pytest.raises(RuntimeError, match="bad batch"):
-        next(stream)
-
-    stop = threading.Event()
-
-    def endless():
-        i = 0
-        while not stop.is_set():
-            i += 1
-            yield i
-
-    with Prefetch(endless(), depth=1) as stream:
-        assert next(stream) == 1
-    assert not stream._thread.is_alive()  # closed without draining the endless source
-    stop.set()
-    with pytest.raises(ValueError, match="depth must be >= 1"):
-        Prefetch(iter([]), depth=0)

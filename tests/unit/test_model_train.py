@@ -88,6 +88,15 @@ def test_deterministic_by_seed(world):
     assert not np.allclose(a.catalog_vectors, c.catalog_vectors)
 
 
+def test_batches_made_in_a_process_or_a_thread_train_the_same_model(world):
+    """The forked batch process continues the run's random generator, so it yields the batches the thread
+    would; only where the history is pooled differs, over the same bank."""
+    forked = train_two_tower(world, config=small_config(epochs=2, batch_process=True), events=EVENTS)
+    threaded = train_two_tower(world, config=small_config(epochs=2, batch_process=False), events=EVENTS)
+    np.testing.assert_allclose(forked.catalog_vectors, threaded.catalog_vectors, rtol=0, atol=1e-6)
+    assert forked.info["train"]["examples"] == threaded.info["train"]["examples"]
+
+
 def test_explicit_validation_set_and_no_extras(world):
     fit, valid = split_last(world.interactions, 0.2)
     assert len(fit) + len(valid) == len(world.interactions) and fit.timestamp.max() <= valid.timestamp.min()
@@ -213,3 +222,18 @@ def test_history_pooled_ahead_is_used_only_while_the_bank_is_unchanged(world):
     fresh = tr.history_vectors(batch)
     assert not torch.allclose(fresh, pooled)
     torch.testing.assert_close(fresh, tr.pool_history(batch).history_pool[1])  # type: ignore[index]
+
+
+def test_default_threads_leave_a_core_to_the_batch_process(monkeypatch):
+    import candgen.model.train as train_mod
+
+    monkeypatch.setattr(train_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train_mod.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    monkeypatch.setattr(train_mod, "can_fork", lambda: True)
+    assert train_mod.default_threads(small_config(threads=0, batch_process=True)) == 1
+    assert train_mod.default_threads(small_config(threads=0, batch_process=False)) == 2
+    assert train_mod.default_threads(small_config(threads=3)) == 3  # the user's setting wins
+    monkeypatch.setattr(train_mod, "can_fork", lambda: False)  # no fork: the batches come from a thread
+    assert train_mod.default_threads(small_config(threads=0, batch_process=True)) == 2
+    monkeypatch.setattr(train_mod.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert train_mod.default_threads(small_config(threads=0, batch_process=False)) == 1  # a busy machine

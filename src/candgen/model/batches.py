@@ -4,18 +4,14 @@
 the batch (no Python loop per example): sequential histories, context dropout, random and hard negatives,
 id dropout, the distinct candidates the item tower embeds once each, the weighted bags of every table
 (`bags.py`) and the softmax's log-multiplicity bias (`losses.grouped_softmax_bias`). Nothing here touches
-torch or the model, so `Prefetch` can assemble the next batches on another core while the current step
-trains; the random draws happen in one thread in a fixed order, so training stays deterministic by seed.
+torch or the model, so a prefetcher (`prefetch.py`) can assemble the next batches on another core while the
+current step trains; the random draws happen in one thread in a fixed order, so training stays deterministic by seed.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +22,6 @@ from candgen.model.features import N_AGE, FeatureSpace, PositiveLog, age_bucket,
 from candgen.model.losses import GroupedSoftmax, grouped_softmax_inputs
 
 CONTEXT_DROPOUT = 0.5
-T = TypeVar("T")
 
 
 @dataclass
@@ -133,72 +128,4 @@ def _sampled_first(first: np.ndarray, inverse: np.ndarray, n_sampled: int) -> tu
     return first[order], rank[inverse]
 
 
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()
-
-
-class Prefetch(Generic[T]):
-    """Iterates `source` in a background thread, up to `depth` items ahead of the consumer.
-
-    Items arrive in order; an exception raised by `source` is raised by `next`. Use as a context manager (or
-    call `close`): leaving early stops the thread at its next item.
-    """
-
-    def __init__(self, source: Iterator[T], depth: int = 2) -> None:
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._finished = False
-        self._thread = threading.Thread(target=self._run, args=(source,), name="candgen-batches", daemon=True)
-        self._thread.start()
-
-    def _run(self, source: Iterator[T]) -> None:
-        try:
-            for item in source:
-                if not self._put(item):
-                    return
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            self._put(_Failure(e))
-            return
-        self._put(_END)
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Prefetch[T]:
-        return self
-
-    def __next__(self) -> T:
-        if self._finished:
-            raise StopIteration
-        item = self._queue.get()
-        if item is _END or isinstance(item, _Failure):
-            self._finished = True
-            self._thread.join()
-            if isinstance(item, _Failure):
-                raise item.error
-            raise StopIteration
-        return item  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._finished = True
-
-    def __enter__(self) -> Prefetch[T]:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
+__all__ = ["Batch", "BatchMaker"]
