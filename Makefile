@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup bench-setup demo test lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(STAMP): $(VENV)/bin/python pyproject.toml Makefile
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# the benchmarks' extra contestants and profiler (hnswlib compiles from source, ~30 s)
+bench-setup: setup
+	$(PIP) install -q -e ".[train,dev,milvus,bench]"
 
 demo: setup
 	$(VENV)/bin/candgen demo
