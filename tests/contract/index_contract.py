@@ -264,6 +264,13 @@ class VectorIndexContract:
             idx.search(np.zeros((1, self.dim - 1), np.float32), k=3)
         with pytest.raises(bad, match="NaN"):
             idx.search(np.full((1, self.dim), np.inf, np.float32), k=3)
+        for value in (np.nan, np.inf, -np.inf):  # one bad component of an otherwise good query (FAISS: lazy check)
+            q = x[:1].copy()
+            q[0, 3] = value
+            with pytest.raises(bad, match="NaN"):
+                idx.search(q, k=3)
+            with pytest.raises(bad, match="NaN"):
+                idx.search(q, k=25)  # more than the index holds: a short row
         with pytest.raises(bad, match="one entry per query"):
             idx.search(x[:2], k=3, exclude=[{1}])
         with pytest.raises(bad, match="1-d integer"):

@@ -61,23 +61,32 @@ class ReadWriteLock:
     starve an add. Not re-entrant."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
 
+    # the read side takes the bare mutex (the Condition's `with` costs a Python-level call each way) and wakes
+    # waiters only when a writer waits: a search pays two lock operations and nothing else
     def acquire_read(self) -> None:
         """Shared acquire; pair with `release_read` in try/finally (cheaper than `read()` on hot paths)."""
-        with self._cond:
+        self._mutex.acquire()
+        try:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
+        finally:
+            self._mutex.release()
 
     def release_read(self) -> None:
-        with self._cond:
+        self._mutex.acquire()
+        try:
             self._readers -= 1
-            if self._readers == 0:
+            if self._readers == 0 and self._writers_waiting:
                 self._cond.notify_all()
+        finally:
+            self._mutex.release()
 
     @contextmanager
     def read(self) -> Iterator[None]:

@@ -156,20 +156,27 @@ class IVFPQIndex(IVFIndex):
         # no parameter object in the common case (the index holds nprobe): building one costs ~30 us
         params = None if sel is None and not widen else self._search_parameters(sel, widen)
         self._index.search_c(n, faiss.swig_ptr(queries), fetch, faiss.swig_ptr(approx), faiss.swig_ptr(cand), params)
-        # exact re-ranking in FAISS's C++ (`knn_inner_products_by_idx`: gather, dot product, top-k heap
-        # per query; OpenMP only for batches > 100). The numpy version it replaces (a gather and a
-        # BLAS mat-vec per query, argpartition, argsort) took 12 ms at k=1000 on 200k items against
-        # 1.8 ms for the PQ search itself: temporaries, and OpenBLAS threads spinning on a busy machine.
-        # Missing candidates (-1) come last in a row and stop the scan; short rows get -1 / -FLT_MAX.
+        # exact re-ranking in FAISS's C++: the candidates' inner products (`fvec_inner_products_by_idx`, which
+        # reads the candidate vectors four at a time, so their cache misses overlap), then a top-k heap per query
+        # (`float_minheap_array_t`: keeps the largest). Measured at 1M x 128, k=1000, cold caches: 7% faster than
+        # `knn_inner_products_by_idx` (one vector at a time, the previous version) and than FAISS's own
+        # `IndexRefineFlat`; the numpy version before that took 12 ms at k=1000 on 200k items.
+        # Missing candidates (-1) score -inf and never displace a real one; short rows keep -1 / -FLT_MAX.
         kk = min(k, fetch)
         vectors = self._vectors
         if not vectors.flags.c_contiguous or vectors.dtype != np.float32:  # never for our own arrays
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        exact = np.empty((n, fetch), dtype=np.float32)
+        faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]
+            faiss.swig_ptr(exact), faiss.swig_ptr(queries), faiss.swig_ptr(vectors), faiss.swig_ptr(cand), self.dim,
+            n, fetch)
         scores = np.empty((n, kk), dtype=np.float32)
         slots = np.empty((n, kk), dtype=np.int64)
-        faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]
-            faiss.swig_ptr(queries), faiss.swig_ptr(vectors), faiss.swig_ptr(cand), self.dim, n, len(vectors),
-            fetch, kk, faiss.swig_ptr(scores), faiss.swig_ptr(slots), fetch)
+        heap = faiss.float_minheap_array_t()
+        heap.nh, heap.k, heap.val, heap.ids = n, kk, faiss.swig_ptr(scores), faiss.swig_ptr(slots)
+        heap.heapify()
+        heap.addn_with_ids(fetch, faiss.swig_ptr(exact), faiss.swig_ptr(cand), fetch)
+        heap.reorder()
         return scores, slots
 
     def _extra_files(self, path: Path) -> dict[str, Any]:
