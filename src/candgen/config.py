@@ -56,6 +56,9 @@ class ModelConfig:
     id_dropout: float = 0.1
     patience: int = 3
     eval_k: int = 100
+    # early stopping's validation recall is estimated on at most this many users (0: all of them): each one is
+    # scored against the whole catalog, which at 1M items made one validation pass take minutes
+    valid_users: int = 5000
     seed: int = 0
     threads: int = 0  # 0: torch's default
     # assemble batches in a forked process (Linux) rather than a thread: numpy batch code and the torch step hold

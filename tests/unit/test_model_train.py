@@ -8,7 +8,7 @@ from model_world import planted_world, topic_of_item, topic_of_user
 
 from candgen.config import EventsConfig, ModelConfig
 from candgen.errors import CandgenError
-from candgen.model.train import check_config, split_last, train_two_tower
+from candgen.model.train import check_config, recall_at_k, split_last, train_two_tower
 from candgen.types import Progress
 
 EVENTS = EventsConfig()
@@ -112,6 +112,7 @@ def test_explicit_validation_set_and_no_extras(world):
     ("temperature", 0.0, "temperature"),
     ("id_dropout", 1.0, "id_dropout"),
     ("random_negatives", -1, "random_negatives"),
+    ("valid_users", -1, "valid_users"),
 ])
 def test_bad_config_is_a_user_error(field, value, message):
     with pytest.raises(CandgenError, match=message):
@@ -237,3 +238,30 @@ def test_default_threads_leave_a_core_to_the_batch_process(monkeypatch):
     assert train_mod.default_threads(small_config(threads=0, batch_process=True)) == 2
     monkeypatch.setattr(train_mod.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     assert train_mod.default_threads(small_config(threads=0, batch_process=False)) == 1  # a busy machine
+
+
+def test_validation_recall_counts_only_unseen_positive_items_and_samples_users(world, trained):
+    model = trained[0]
+    fit, valid = split_last(world.interactions, 0.3)
+    history = world.with_interactions(fit)
+    # the reference: every user with a positive future item not seen in history, sets per user
+    w = valid.weights(EVENTS)
+    seen = set(zip(fit.user.tolist(), fit.item.tolist(), strict=True))
+    truth: dict[int, set[int]] = {}
+    for u, i, x in zip(valid.user.tolist(), valid.item.tolist(), w.tolist(), strict=True):
+        if x > 0 and (u, i) not in seen:
+            truth.setdefault(u, set()).add(i)
+    users = np.array(sorted(truth))
+    rec = model.recommend(history, users, 10, events=EVENTS, now=int(valid.timestamp.min()))
+    want = np.mean([len(truth[int(u)] & set(rec.ids[r].tolist())) / len(truth[int(u)]) for r, u in enumerate(users)])
+    assert len(users) > 20
+    assert recall_at_k(model, history, valid, EVENTS, 10) == pytest.approx(want)
+    assert recall_at_k(model, history, valid, EVENTS, 10, max_users=len(users)) == pytest.approx(want)
+    # a sample: the mean over exactly those users, the same sample for the same seed
+    a = recall_at_k(model, history, valid, EVENTS, 10, max_users=8, seed=3)
+    assert a == recall_at_k(model, history, valid, EVENTS, 10, max_users=8, seed=3)
+    pick = np.sort(np.random.default_rng(3).choice(len(users), size=8, replace=False))
+    sample = [(r, int(users[r])) for r in pick]
+    assert a == pytest.approx(np.mean([len(truth[u] & set(rec.ids[r].tolist())) / len(truth[u]) for r, u in sample]))
+    nothing = valid.take(np.zeros(len(valid), dtype=bool))
+    assert np.isnan(recall_at_k(model, history, nothing, EVENTS, 10))
