@@ -18,8 +18,6 @@ import collections
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,13 +29,8 @@ import httpx
 import redis
 
 from candgen.artifacts import Manifest
+from candgen.bench.service import ServiceProcess, free_port
 from candgen.state import open_state
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
@@ -72,17 +65,14 @@ def main() -> None:
     Manifest.read(art)  # a clear error now when ART is no artifacts directory
     users = [f"u{i}" for i in range(1000)]
     items = _item_ids(art)
-    rport, sport = free_port(), free_port()
+    rport = free_port()
     (work / "redis").mkdir()
     rproc = start_redis(rport, work / "redis")
     url = f"redis://127.0.0.1:{rport}/0"
-    env = dict(os.environ, CANDGEN_API_KEY="")
-    server = subprocess.Popen([sys.executable, "-m", "candgen.cli.main", "serve", str(art), "--port", str(sport),
-                               "--state", url, "--workers", "2"], start_new_session=True, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{sport}"
+    os.environ["CANDGEN_API_KEY"] = ""  # the server inherits it: no auth for this local run
+    server = ServiceProcess(art, workers=2, state=url, ready_timeout_s=180, log=work / "serve.log")
     try:
-        _wait_ready(base)
+        base = server.start().url
         stats: collections.Counter[tuple[str, str, str]] = collections.Counter()
         phase, stop = ["up"], threading.Event()
 
@@ -121,8 +111,7 @@ def main() -> None:
         accepted = sum(n for (_, kind, outcome), n in stats.items() if kind == "write" and outcome == "202")
         delivered = _wait_delivered(url, accepted)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop()
         rproc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -141,18 +130,6 @@ def _item_ids(art: Path) -> list[str]:
     import polars as pl
 
     return pl.read_parquet(art / "dataset" / "items.parquet", columns=["id"])["id"].head(2000).to_list()
-
-
-def _wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the service did not become ready")
 
 
 def _wait_delivered(url: str, expected: int, timeout_s: float = 30.0) -> int:

@@ -11,7 +11,9 @@ in memory, and its random draws continue the parent's generator exactly: the bat
 would have made). Each batch crosses back as a small pickle whose numpy arrays travel out of band (pickle
 protocol 5) through a shared memory ring of `depth + 1` slots: the child copies the arrays into a free slot,
 the parent rebuilds them as views of that slot without a copy, and hands the slot back when it asks for the
-next batch. A batch too large for a slot crosses the pipe whole instead (correct, only slower).
+next batch. A batch too large for a slot crosses the pipe whole instead (correct, only slower). Pickle is only
+this private channel between the trainer and the child it forked itself (the same code on both ends; nothing
+is read from a file or a socket): no artifact is ever written or loaded with it.
 
 The child must not call torch (OpenMP is not safe after a fork): sources handed to `ProcessPrefetch` are
 numpy only. `prefetch` picks the process where the platform forks and falls back to the thread elsewhere.
