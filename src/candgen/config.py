@@ -266,23 +266,55 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
-    """Defaults, then the TOML file at `path` (if any), then `CANDGEN_<SECTION>__<FIELD>` overrides."""
-    d = Config().to_dict()
+CONFIG_ENV = "CANDGEN_CONFIG"  # the serve-time config file of `candgen serve --config`, for every worker
+SERVE_TIME_SECTIONS = ("serve",)  # what a serving process may set over its artifacts' config (`serve_time_config`)
+
+
+def _layers(path: str | Path | None, env: dict[str, str] | None) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """The TOML file at `path` (empty without one) and the `CANDGEN_<SECTION>__<FIELD>` variables of `env`
+    (default `os.environ`), by section; ConfigError for a missing or malformed file or an unknown section."""
+    toml: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         try:
-            d = _merge(d, tomllib.loads(p.read_text()))
+            toml = tomllib.loads(p.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-    env = dict(os.environ) if env is None else env
-    for key, value in env.items():
+    sections = Config().to_dict()
+    by_section: dict[str, dict[str, str]] = {}
+    for key, value in (dict(os.environ) if env is None else env).items():
         if not key.startswith("CANDGEN_") or "__" not in key:
             continue
         section, _, name = key[len("CANDGEN_"):].lower().partition("__")
-        if section not in d or not isinstance(d[section], dict):
+        if not isinstance(sections.get(section), dict):
             raise ConfigError(f"environment {key}: no config section '{section}'")
-        d[section][name] = value
+        by_section.setdefault(section, {})[name] = value
+    return toml, by_section
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `CANDGEN_<SECTION>__<FIELD>` overrides."""
+    toml, variables = _layers(path, env)
+    d = _merge(Config().to_dict(), toml)
+    for section, values in variables.items():
+        d[section].update(values)
     return Config.from_dict(d)
+
+
+def serve_time_config(artifacts_config: dict[str, Any], path: str | Path | None = None,
+                      env: dict[str, str] | None = None) -> Config:
+    """The config a serving process runs with: its artifacts' config (`Manifest.config`), with the settings of
+    `SERVE_TIME_SECTIONS` that the TOML file at `path` or `CANDGEN_SERVE__<FIELD>` variables set explicitly
+    on top (validated like `load_config`). Settings the file and environment do not name keep the artifacts'
+    values, so limits chosen at training time are not reset to the defaults."""
+    full = load_config(path, env)  # validates the file and the environment as a whole
+    toml, variables = _layers(path, env)
+    over: dict[str, Any] = {}
+    for section in SERVE_TIME_SECTIONS:
+        named = set(toml.get(section) or {}) | set(variables.get(section, {}))
+        if named:
+            values = dataclasses.asdict(getattr(full, section))
+            over[section] = {name: values[name] for name in named}
+    return Config.from_dict(_merge(artifacts_config, over))

@@ -49,7 +49,7 @@ from candgen.blend.filters import valid_mask
 from candgen.blend.fusion import curve_shares
 from candgen.blend.merge import Blended
 from candgen.blend.pipeline import blend, rank_curves
-from candgen.config import Config
+from candgen.config import CONFIG_ENV, Config, serve_time_config
 from candgen.engine_cache import CachedList, ListCaches
 from candgen.errors import CandgenError, UnknownIdError
 from candgen.online import CachedUserEncoder, QualityMonitor
@@ -89,8 +89,10 @@ class Engine:
     """Serves candidates from one `Runtime` (artifacts + writes since), optionally shared through a store."""
 
     def __init__(self, runtime: Runtime, *, store: Any | None = None, deadlines: bool = True,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, config_for: Callable[[str | Path], Config] | None = None) -> None:
         self.rt = runtime
+        # the config to run a reloaded artifacts directory with (None: its own manifest's)
+        self.config_for = config_for
         self.store = store
         self.deadlines = deadlines  # False for offline work (recommend, evaluate): wait for every source
         self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -150,12 +152,16 @@ class Engine:
 
     @staticmethod
     def open(art: str | Path, *, state_url: str | None = None, config: Config | None = None,
-             deadlines: bool = True, durable: bool = True) -> Engine:
+             deadlines: bool = True, durable: bool = True,
+             config_for: Callable[[str | Path], Config] | None = None) -> Engine:
         """Load artifacts and attach the state store (`None`: the embedded journal beside the artifacts;
         `durable=False`: no store at all, for offline work). With a store, the artifacts are loaded restored
-        from their newest snapshot in it, and only the log after it is replayed."""
+        from their newest snapshot in it, and only the log after it is replayed. `config_for(art)`, when
+        given, makes the config of these and of every reloaded artifacts (`config` is then ignored)."""
+        if config_for is not None:
+            config = config_for(art)
         if not durable:
-            return Engine(Runtime.load(art, config=config), store=None, deadlines=deadlines)
+            return Engine(Runtime.load(art, config=config), store=None, deadlines=deadlines, config_for=config_for)
         from candgen.artifacts import Manifest
         from candgen.snapshot import load_runtime
         from candgen.state import open_state
@@ -167,7 +173,7 @@ class Engine:
         except BaseException:
             store.close()
             raise
-        return Engine(rt, store=store, deadlines=deadlines)
+        return Engine(rt, store=store, deadlines=deadlines, config_for=config_for)
 
     @staticmethod
     def load(art: str | Path, *, config: Config | None = None, deadlines: bool = True) -> Engine:
@@ -420,7 +426,8 @@ class Engine:
         art = art_path or self.rt.art
         if art is None:
             raise CandgenError("no artifacts directory to reload from")
-        return self._reload_from(art, config=None, clear_caches=True)
+        config = self.config_for(art) if self.config_for is not None else None
+        return self._reload_from(art, config=config, clear_caches=True)
 
     def _reload_from(self, art: str | Path, *, config: Config | None, clear_caches: bool) -> str:
         with self._reload_lock:
@@ -740,5 +747,14 @@ def provenance_lists(blended: Blended, groups: tuple[list[list[str]], np.ndarray
 
 
 def open_engine(art: str, state_url: str | None = None) -> Engine:
-    """What `candgen serve` opens in every worker: artifacts plus the state store (journal or Redis)."""
-    return Engine.open(art, state_url=state_url)
+    """What `candgen serve` opens in every worker: artifacts plus the state store (journal or Redis), run with
+    the artifacts' config and, over it, the [serve] settings that the serve-time config file (`CONFIG_ENV`)
+    and `CANDGEN_SERVE__<FIELD>` variables name (`candgen.config.serve_time_config`), also after a reload."""
+    from candgen.artifacts import Manifest
+
+    path = os.environ.get(CONFIG_ENV) or None
+
+    def config_for(directory: str | Path) -> Config:
+        return serve_time_config(Manifest.read(directory).config, path)
+
+    return Engine.open(art, state_url=state_url, config_for=config_for)

@@ -1,6 +1,6 @@
 import pytest
 
-from candgen.config import Config, ConfigError, load_config
+from candgen.config import Config, ConfigError, load_config, serve_time_config
 
 
 def test_defaults_follow_the_seed():
@@ -42,3 +42,24 @@ def test_missing_file_and_bad_env(tmp_path):
         load_config(tmp_path / "nope.toml", env={})
     with pytest.raises(ConfigError, match="no config section"):
         load_config(None, env={"CANDGEN_NOPE__X": "1"})
+
+
+def test_serve_time_config_sets_only_the_serve_settings_it_names(tmp_path):
+    trained = Config()
+    trained.serve.max_k, trained.serve.request_deadline_ms, trained.model.dim = 77, 80.0, 32
+    p = tmp_path / "serve.toml"
+    p.write_text("[serve]\nrequest_deadline_ms = 50\n[model]\ndim = 8\n")
+    c = serve_time_config(trained.to_dict(), p, env={"CANDGEN_SERVE__COMPUTE_SLOTS": "1",
+                                                     "CANDGEN_MODEL__EPOCHS": "2"})
+    assert (c.serve.request_deadline_ms, c.serve.compute_slots, c.serve.max_k) == (50.0, 1, 77)
+    assert c.model == trained.model  # only [serve] is set at serve time
+    assert serve_time_config(trained.to_dict(), None, env={}) == trained
+
+
+def test_serve_time_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        serve_time_config({}, tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="serve.max_k"):
+        serve_time_config({}, None, env={"CANDGEN_SERVE__MAX_K": "lots"})
+    with pytest.raises(ConfigError, match="no config section"):
+        serve_time_config({}, None, env={"CANDGEN_SERVER__MAX_K": "1"})

@@ -17,7 +17,9 @@ def serve(
     state: str | None = typer.Option(None, "--state", help="state URL: memory:// (default) or redis://HOST:PORT/DB"),
     workers: int = typer.Option(1, min=1, help="worker processes (share state through --state redis://...)"),
     log_level: str = typer.Option("warning", help="critical, error, warning, info (adds access logs), debug"),
-    config: Path | None = typer.Option(None, help="TOML config file (its serve table sets the HTTP limits)"),
+    config: Path | None = typer.Option(
+        None, help="TOML config file: its [serve] table (limits, deadlines) applies over the artifacts' config"
+    ),
 ) -> None:
     """Serve candidates over HTTP until SIGTERM or Ctrl-C (writes need CANDGEN_API_KEY when it is set)."""
     from candgen.artifacts import Manifest

@@ -5,7 +5,8 @@ in environment variables that `serve.runner.run` sets before starting uvicorn:
 
 - `CANDGEN_ART` (required): the artifacts directory;
 - `CANDGEN_STATE`: the state URL (`memory://`, `redis://...`), empty for the embedded default;
-- `CANDGEN_CONFIG`: an optional TOML config file (ServeConfig limits come from its [serve] table);
+- `CANDGEN_CONFIG`: an optional TOML config file; its [serve] table sets the HTTP limits here and, over the
+  artifacts' config, the engine's (`candgen.engine.open_engine`);
 - `CANDGEN_ENGINE`: `module:function` that opens the engine, default `candgen.engine:open_engine`
   (tests and benchmarks point it at a fake engine).
 
@@ -23,14 +24,13 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from candgen.config import load_config
+from candgen.config import CONFIG_ENV, load_config
 from candgen.errors import CandgenError
 from candgen.serve.app import create_app
 from candgen.serve.protocol import Engine
 
 ART_ENV = "CANDGEN_ART"
 STATE_ENV = "CANDGEN_STATE"
-CONFIG_ENV = "CANDGEN_CONFIG"
 ENGINE_ENV = "CANDGEN_ENGINE"
 DEFAULT_ENGINE = "candgen.engine:open_engine"
 GC_THRESHOLD = (10_000, 10, 10)

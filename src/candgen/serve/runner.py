@@ -15,9 +15,10 @@ import errno
 import os
 import socket
 
+from candgen.config import CONFIG_ENV
 from candgen.errors import CandgenError
 from candgen.serve.app import LOAD_BEFORE_SERVING_ENV
-from candgen.serve.factory import ART_ENV, CONFIG_ENV, STATE_ENV
+from candgen.serve.factory import ART_ENV, STATE_ENV
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 GRACEFUL_SHUTDOWN_S = 30
