@@ -49,9 +49,9 @@ def test_serve_time_config_sets_only_the_serve_settings_it_names(tmp_path):
     trained.serve.max_k, trained.serve.request_deadline_ms, trained.model.dim = 77, 80.0, 32
     p = tmp_path / "serve.toml"
     p.write_text("[serve]\nrequest_deadline_ms = 50\n[model]\ndim = 8\n")
-    c = serve_time_config(trained.to_dict(), p, env={"CANDGEN_SERVE__COMPUTE_SLOTS": "1",
+    c = serve_time_config(trained.to_dict(), p, env={"CANDGEN_SERVE__COMPUTE_SLOTS": "3",
                                                      "CANDGEN_MODEL__EPOCHS": "2"})
-    assert (c.serve.request_deadline_ms, c.serve.compute_slots, c.serve.max_k) == (50.0, 1, 77)
+    assert (c.serve.request_deadline_ms, c.serve.compute_slots, c.serve.max_k) == (50.0, 3, 77)
     assert c.model == trained.model  # only [serve] is set at serve time
     assert serve_time_config(trained.to_dict(), None, env={}) == trained
 
