@@ -11,6 +11,11 @@ server's own `took_ms`, errors, the fraction answered from a stored list (L1/L3:
 answers, and CPU per request of the server process tree and of the client, read from /proc over the
 measured window. CPU per request is the figure the machine's load disturbs least: 2 cores x 1000 /
 (server CPU ms per request) is the QPS two free cores would sustain.
+
+The line under each row also gives the keep-alive connections each server process holds one second into
+the measured window (`ss`), largest first. The workers share one listening socket, and whichever accepts a
+connection serves it to the end, so a row's QPS depends on the split (8 clients, 2 workers: 5/3 or 4/4
+gave ~300 QPS at 1M, 8/0 ~110). Every worker accepts before the load starts (`ServiceProcess`).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import redis
 
 from candgen.bench.loadgen import TABLE_HEADER, Workload, run_load, table_row, warm_users_from_artifacts
-from candgen.bench.service import ServiceProcess
+from candgen.bench.service import ServiceProcess, connections_by_process
 
 REDIS = "redis://127.0.0.1:6379/13"  # this benchmark's own database: flushed before every Redis row
 PEER = Path(__file__).with_name("peer.py")
@@ -44,12 +50,18 @@ def loadavg() -> float:
     return os.getloadavg()[0]
 
 
+def split_into(out: list[str], port: int) -> None:
+    """Append the established connections per server process on `port`, largest first ("5/3")."""
+    by = connections_by_process(port)
+    out.append("/".join(str(n) for n in sorted(by.values(), reverse=True)) if by else "n/a")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--art", action="append", required=True, help="NAME=ARTIFACTS_DIR (repeatable)")
     ap.add_argument("--duration", type=float, default=15.0)
-    # measured at 1M items: two workers measured 3 s after they were ready served 186 QPS, after 60 s 428; one worker
-    # 185 and 177 (benchmarks/README.md, "service"): the first minute after start-up is not the steady state
+    # unmeasured load first: caches, allocator and the OS settle (with 2 workers, 186 QPS after 3 s against 428
+    # after 60 s was measured before the harness waited for every worker to accept: likely the split, see above)
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds of unmeasured load before each row")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--k", type=int, default=1000)
@@ -80,14 +92,21 @@ def main() -> None:
             svc = cls(Path(art), workers=workers, state=state)
             workload = Workload(warm_users=users, k=a.k, cold_fraction=0.1, cache_miss=True, seed=len(rows))
             load0 = loadavg()
+            split: list[str] = []
             with svc:
+                timer = threading.Timer(a.warmup + 1.0, split_into, (split, svc.endpoint.port))
+                timer.start()
                 res = asyncio.run(run_load(svc.endpoint, workload, concurrency=clients, duration_s=a.duration,
                                            warmup_s=a.warmup, server_cpu=svc.cpu_seconds))
+                timer.cancel()
             label = (f"peer {workers}w faiss+redis zset" if who == "peer"
                      else f"candgen {workers}w {'redis' if state else 'embedded'}") + f" c={clients}"
             print(f"| {name} " + table_row(label, res) + f" {load0:.0f}-{loadavg():.0f} |", flush=True)
-            print(f"|   | (degraded: {res.degraded_sources}; cache levels {res.cache_levels}) |", file=sys.stderr)
-            rows.append({"items": name, "case": label, **res.as_dict(), "load_avg": [load0, loadavg()]})
+            conns = split[0] if split else "n/a"
+            print(f"|   | (degraded: {res.degraded_sources}; cache levels {res.cache_levels}; connections per "
+                  f"process {conns}) |", file=sys.stderr)
+            rows.append({"items": name, "case": label, **res.as_dict(), "load_avg": [load0, loadavg()],
+                         "connections_per_process": conns})
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(rows, indent=1))
 

@@ -161,10 +161,10 @@ class ServeConfig:
     engine_in_threadpool: bool = True  # call the engine in a worker thread, never blocking the event loop
     max_in_flight: int = 256  # engine calls at once per worker before shedding with 503
     # uncached list computations at once per worker (candgen.admission); later requests queue, and one whose
-    # expected wait would exceed request_deadline_ms is refused with 503 + Retry-After; 0: no limit. One: with a
-    # worker per core, a second computation in the same process only contends for its GIL (1M items, 2 workers,
-    # 8 clients: 248 against 203 QPS, benchmarks/README "admission slots")
-    compute_slots: int = 1
+    # expected wait would exceed request_deadline_ms is refused with 503 + Retry-After; 0: no limit. Not 1: one
+    # slot gains ~10% throughput when the load is spread evenly over the workers, but a worker that holds more
+    # than its share of the keep-alive connections then refuses most of them (benchmarks/README "admission slots")
+    compute_slots: int = 2
     # online engagement attribution (serve/attribution.py): 1 user in N, their last list, for ttl seconds
     attribution_sample_every: int = 10
     attribution_users: int = 1000  # 0: off

@@ -7,7 +7,10 @@ import asyncio
 import json
 import math
 import os
+import shutil
+import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -299,3 +302,33 @@ def test_cli_load_against_a_dead_url_exits_2(capsys: pytest.CaptureFixture[str])
         main(["bench", "load", f"http://127.0.0.1:{free_port()}", "--cold-fraction", "1", "--duration", "0.2",
               "--warmup", "0", "--concurrency", "1"])
     assert e.value.code == 2 and "cannot connect" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to read connections per process")
+def test_connections_by_process_counts_accepted_connections_only() -> None:
+    from candgen.bench.service import accepting_processes, connections_by_process
+
+    with socket.socket() as idle:  # listens but never accepts: a worker still loading its engine
+        idle.bind(("127.0.0.1", 0))
+        idle.listen(16)
+        port = idle.getsockname()[1]
+        assert accepting_processes(port, 4) == 0 and connections_by_process(port) == {}
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(16)
+        port = lsock.getsockname()[1]
+        accepted: list[socket.socket] = []
+
+        def accept(n: int) -> None:
+            for _ in range(n):
+                accepted.append(lsock.accept()[0])
+
+        t = threading.Thread(target=accept, args=(3,))
+        t.start()
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        t.join(5)
+        try:
+            assert connections_by_process(port) == {os.getpid(): 3}
+        finally:
+            for s in clients + accepted:
+                s.close()

@@ -1,9 +1,17 @@
 """Start `candgen serve ART` on a free port for a benchmark, wait until it is ready, read the CPU time of its
-whole process tree (uvicorn's workers are child processes) and stop it again."""
+whole process tree (uvicorn's workers are child processes) and stop it again.
+
+With several workers, "ready" means every worker accepts connections. uvicorn's workers share one listening
+socket, and a worker that is still loading its engine accepts nothing. A load generator that connects as
+soon as the first worker answers /readyz would put every keep-alive connection on that worker for the whole
+run. `connections_by_process` (from `ss`) shows how the connections split.
+"""
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +28,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def connections_by_process(port: int) -> dict[int, int] | None:
+    """Established TCP connections per process on the listening side of local `port` (from `ss`, Linux);
+    None when `ss` cannot be run. A connection queued but not yet accepted belongs to no process."""
+    try:
+        out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                             text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return dict(collections.Counter(int(p) for p in re.findall(r"pid=(\d+)", out)))
+
+
+def accepting_processes(port: int, probes: int) -> int | None:
+    """How many processes accept connections on 127.0.0.1:`port`: opens `probes` connections at once and counts
+    the processes that hold their other ends (None without `ss`)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(probes):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        time.sleep(0.05)  # the workers' event loops accept them
+        by = connections_by_process(port)
+    finally:
+        for s in socks:
+            s.close()
+    return None if by is None else len(by)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -97,15 +131,22 @@ class ServiceProcess:
                 msg = self.log.read_text(errors="replace")[-500:].strip()
                 raise CandgenError(f"`{' '.join(cmd[1:4])}` exited with code {self.proc.returncode}: {msg}")
             try:
-                # every worker must be ready; with several, probe a few times on fresh connections
+                # every worker must be ready; with several, probe a few times on fresh connections, and every
+                # worker must accept connections (one still loading accepts none: see the module docstring)
                 if all(httpx.get(f"{self.endpoint.url}/readyz", timeout=2).status_code == 200
-                       for _ in range(2 * self.workers)):
+                       for _ in range(2 * self.workers)) and self._all_workers_accept():
                     return self.endpoint
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         self.stop()
         raise CandgenError(f"`{' '.join(cmd[1:4])}` was not ready after {self.ready_timeout_s:.0f} s")
+
+    def _all_workers_accept(self) -> bool:
+        if self.workers == 1:
+            return True
+        n = accepting_processes(self.endpoint.port, 8 * self.workers)
+        return n is None or n >= self.workers  # without `ss` this cannot be checked
 
     @property
     def pid(self) -> int:
