@@ -163,7 +163,7 @@ class ServeConfig:
     # uncached list computations at once per worker (candgen.admission); later requests queue, and one whose
     # expected wait would exceed request_deadline_ms is refused with 503 + Retry-After; 0: no limit. Not 1: one
     # slot gains ~10% throughput when the load is spread evenly over the workers, but a worker that holds more
-    # than its share of the keep-alive connections then refuses most of them (benchmarks/README "admission slots")
+    # than its share of the keep-alive connections then refuses most of them (benchmarks/README "two workers")
     compute_slots: int = 2
     # online engagement attribution (serve/attribution.py): 1 user in N, their last list, for ttl seconds
     attribution_sample_every: int = 10
