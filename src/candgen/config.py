@@ -296,13 +296,16 @@ def _layers(path: str | Path | None, env: dict[str, str] | None) -> tuple[dict[s
     return toml, by_section
 
 
-def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
-    """Defaults, then the TOML file at `path` (if any), then `CANDGEN_<SECTION>__<FIELD>` overrides."""
-    toml, variables = _layers(path, env)
+def _from_layers(toml: dict[str, Any], variables: dict[str, dict[str, str]]) -> Config:
     d = _merge(Config().to_dict(), toml)
     for section, values in variables.items():
         d[section].update(values)
     return Config.from_dict(d)
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `CANDGEN_<SECTION>__<FIELD>` overrides."""
+    return _from_layers(*_layers(path, env))
 
 
 def serve_time_config(artifacts_config: dict[str, Any], path: str | Path | None = None,
@@ -311,8 +314,8 @@ def serve_time_config(artifacts_config: dict[str, Any], path: str | Path | None 
     `SERVE_TIME_SECTIONS` that the TOML file at `path` or `CANDGEN_SERVE__<FIELD>` variables set explicitly
     on top (validated like `load_config`). Settings the file and environment do not name keep the artifacts'
     values, so limits chosen at training time are not reset to the defaults."""
-    full = load_config(path, env)  # validates the file and the environment as a whole
     toml, variables = _layers(path, env)
+    full = _from_layers(toml, variables)  # validates the file and the environment as a whole
     over: dict[str, Any] = {}
     for section in SERVE_TIME_SECTIONS:
         named = set(toml.get(section) or {}) | set(variables.get(section, {}))
