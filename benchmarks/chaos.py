@@ -18,7 +18,6 @@ import collections
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,25 +25,11 @@ import time
 from pathlib import Path
 
 import httpx
-import redis
 
 from candgen.artifacts import Manifest
+from candgen.bench.redisproc import start_redis
 from candgen.bench.service import ServiceProcess, free_port
 from candgen.state import open_state
-
-
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "yes",
-                             "--appendfsync", "always", "--dir", str(workdir), "--bind", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            redis.Redis(port=port, socket_connect_timeout=0.1).ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def main() -> None:
@@ -67,7 +52,7 @@ def main() -> None:
     items = _item_ids(art)
     rport = free_port()
     (work / "redis").mkdir()
-    rproc = start_redis(rport, work / "redis")
+    rproc = start_redis(rport, work / "redis", fsync_always=True)
     url = f"redis://127.0.0.1:{rport}/0"
     os.environ["CANDGEN_API_KEY"] = ""  # the server inherits it: no auth for this local run
     server = ServiceProcess(art, workers=2, state=url, ready_timeout_s=180, log=work / "serve.log")
@@ -103,7 +88,7 @@ def main() -> None:
         rproc.wait()
         time.sleep(args.down)
         phase[0] = "back"
-        rproc = start_redis(rport, work / "redis")
+        rproc = start_redis(rport, work / "redis", fsync_always=True)
         time.sleep(args.back)
         stop.set()
         for t in threads:

@@ -13,6 +13,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from candgen.bench.redisproc import start_redis, stop_redis
 from candgen.errors import CandgenError
 from candgen.state import Record, StateUnavailable, open_state
 from candgen.state.redis import RedisStore, hash_tag
@@ -77,23 +78,15 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     yield free_port(), tmp_path
 
 
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "yes",
-                             "--dir", str(workdir), "--bind", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            redis.Redis(port=port, socket_connect_timeout=0.1).ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
-def stop_redis(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(timeout=10)
+def test_start_redis_fails_clearly_when_the_port_is_taken(own_redis: tuple[int, Path]) -> None:
+    port, workdir = own_redis
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        t = time.perf_counter()
+        with pytest.raises(RuntimeError, match=f"did not start on port {port}"):
+            start_redis(port, workdir / "r", timeout_s=30)
+        assert time.perf_counter() - t < 10  # it notices the server exited; it does not wait out the timeout
 
 
 def test_reconnects_when_redis_comes_back(own_redis: tuple[int, Path]) -> None:

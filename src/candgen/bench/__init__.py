@@ -1,2 +1,3 @@
-"""Service benchmarks: a closed-loop HTTP load generator (`loadgen`), a freshness probe (`freshness`) and
-a helper that starts and stops `candgen serve` for them (`service`). Used by `candgen bench ...`."""
+"""Service benchmarks: a closed-loop HTTP load generator (`loadgen`), a freshness probe (`freshness`),
+helpers that start and stop `candgen serve` (`service`) and a private redis-server (`redisproc`) for
+them. Used by `candgen bench ...`."""
