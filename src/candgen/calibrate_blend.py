@@ -25,9 +25,9 @@ import numpy as np
 
 from candgen.blend.filters import apply_filters
 from candgen.blend.fusion import RANK_EDGES, curve_shares, fit_curve, fusion_merge, ordered_quota_merge, rank_bins
-from candgen.blend.idset import member
 from candgen.blend.merge import quota_merge
 from candgen.data.dataset import Dataset
+from candgen.idset import member
 from candgen.types import Candidates, Request
 
 EXPLORATION_SOURCE = "new_items"  # fills the exploration slots, never merged: not calibrated

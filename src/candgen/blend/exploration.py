@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from candgen.blend.idset import first_occurrence, member
 from candgen.blend.merge import Blended
+from candgen.idset import first_occurrence, member
 from candgen.types import Candidates
 
 

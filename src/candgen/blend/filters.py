@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from candgen.blend.idset import member
+from candgen.idset import member
 from candgen.types import Candidates
 
 ItemSet = np.ndarray | set[int] | frozenset[int] | Sequence[int]

@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from candgen.blend.idset import argsort_desc
 from candgen.blend.merge import Blended, _Pool, quota_merge
+from candgen.idset import argsort_desc
 from candgen.types import Candidates
 
 # Upper ends (1-based ranks, inclusive) of the rank bins: 1, 2, 3, 4, then geometric with ratio ~sqrt(2)

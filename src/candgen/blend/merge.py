@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from candgen.blend.idset import argsort_desc, compact
 from candgen.blend.normalize import normalize
+from candgen.idset import argsort_desc, compact
 from candgen.types import Candidates
 
 MAX_SOURCES = 64  # one bit per source in a uint64 mask

@@ -20,7 +20,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from candgen.blend.idset import argsort_desc
+from candgen.idset import argsort_desc
 from candgen.types import Candidates
 
 Normalization = Literal["rank", "percentile", "minmax", "zscore", "none"]

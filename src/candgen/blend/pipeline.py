@@ -17,10 +17,10 @@ from candgen.blend.diversity import apply_caps, mmr
 from candgen.blend.exploration import insert_exploration
 from candgen.blend.filters import ItemSet, apply_filters
 from candgen.blend.fusion import check_curves, fusion_merge, ordered_quota_merge
-from candgen.blend.idset import first_occurrence, member
 from candgen.blend.merge import Blended, quota_merge, weighted_merge
 from candgen.blend.normalize import NORMALIZATIONS
 from candgen.config import BlendConfig, ConfigError
+from candgen.idset import first_occurrence, member
 from candgen.types import Candidates
 
 STRATEGIES = ("quota", "weighted", "calibrated", "ordered")

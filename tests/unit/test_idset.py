@@ -1,9 +1,11 @@
 import threading
 
 import numpy as np
+import pytest
 
-from candgen.blend import idset
-from candgen.blend.idset import argsort_desc, compact, first_occurrence, member
+from candgen import idset
+from candgen.idset import argsort_desc, compact, first_occurrence, member, sum_by_key
+from candgen.sources.base import sum_by_id
 
 
 def test_against_numpy_on_random_cases():
@@ -19,12 +21,19 @@ def test_against_numpy_on_random_cases():
         uniq, inv = compact(ids)
         np.testing.assert_array_equal(uniq[inv], ids)
         assert len(uniq) == len(np.unique(ids)) and uniq.tolist() == ids[ref].tolist()
+        w = rng.random(n)
+        got = sum_by_key(ids, w)
+        assert got is not None
+        want = dict(zip(np.unique(ids).tolist(), np.bincount(ids, weights=w)[np.unique(ids)].tolist(), strict=True))
+        assert len(got[0]) == len(want)
+        assert dict(zip(got[0].tolist(), got[1].tolist(), strict=True)) == pytest.approx(want)
 
 
 def test_scratch_is_left_clean_and_per_thread():
     member(np.array([5, 6]), np.array([6]))
     first_occurrence(np.array([3, 3, 9]))
     compact(np.array([4, 4, 1]))
+    sum_by_key(np.array([7, 2, 7]), np.ones(3))
     assert not idset._local.buf.any()
     seen = {}
 
@@ -45,6 +54,15 @@ def test_huge_ids_fall_back_to_numpy(monkeypatch):
     assert first_occurrence(ids).tolist() == [True, True, False]
     uniq, inv = compact(ids)
     assert uniq.tolist() == [100, 5] and inv.tolist() == [0, 1, 0]
+    assert sum_by_key(ids, np.array([1.0, 2.0, 3.0])) is None  # the caller sorts instead
+    got = sum_by_id(ids, np.array([1.0, 2.0, 3.0]))
+    assert dict(zip(got[0].tolist(), got[1].tolist(), strict=True)) == {5: 2.0, 100: 4.0}
+
+
+def test_sum_by_id_takes_negative_ids_by_sorting():
+    ids, sums = sum_by_id(np.array([-1, 3, -1, 3, 0]), np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert dict(zip(ids.tolist(), sums.tolist(), strict=True)) == {-1: 4.0, 3: 6.0, 0: 5.0}
+    assert ids.dtype == np.int64 and sums.dtype == np.float64
 
 
 def test_argsort_desc_is_a_stable_descending_sort():
