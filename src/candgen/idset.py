@@ -36,11 +36,12 @@ def _upper(*arrays: np.ndarray) -> int:
     return max(int(a.max()) for a in arrays if len(a)) + 1
 
 
-def member(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Boolean mask: `ids[i]` is one of `values` (both non-negative int arrays); like `np.isin`."""
+def member(ids: np.ndarray, values: np.ndarray, *, upper: int | None = None) -> np.ndarray:
+    """Boolean mask: `ids[i]` is one of `values` (both non-negative int arrays); like `np.isin`. `upper`: a
+    bound above every id and value, when the caller knows one."""
     if len(ids) == 0 or len(values) == 0:
         return np.zeros(len(ids), dtype=bool)
-    buf = _scratch(_upper(ids, values))
+    buf = _scratch(upper if upper is not None else _upper(ids, values))
     if buf is None:
         return np.isin(ids, values)
     try:

@@ -116,6 +116,19 @@ def test_sort_based_set_helpers_match_numpy():
     assert argsort_ints(big).tolist() == [1, 0, 2]
 
 
+def test_isin_on_ids_the_scratch_array_cannot_take():
+    from candgen.sources.base import SCRATCH_ISIN_MAX, isin
+
+    cases = [
+        (np.array([-1, 3, 5, -1]), np.array([3, -1])),  # padding ids: searched in sorted order
+        (np.array([SCRATCH_ISIN_MAX + 5, 2, 7]), np.array([2, SCRATCH_ISIN_MAX + 5])),  # composite keys
+        (np.array([0.5, 2.0, 3.0]), np.array([2.0])),  # floats
+        (np.array([1, 2, 3], np.uint32), np.array([3, 9], np.int64)),
+    ]
+    for a, b in cases:
+        assert isin(a, b).tolist() == np.isin(a, b).tolist()
+
+
 def test_splice_rows_replaces_and_extends_rows():
     from candgen.sources.base import splice_rows
 

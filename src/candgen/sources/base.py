@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from candgen.errors import ArtifactError
-from candgen.idset import sum_by_key
+from candgen.idset import member, sum_by_key
 from candgen.types import Candidates
 
 
@@ -169,10 +169,20 @@ def unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s[first], inv
 
 
+# `isin` marks ids in a scratch array (4 bytes per id of range, per thread) only below this range: item ids;
+# larger keys (composite keys at build time) are searched in sorted order
+SCRATCH_ISIN_MAX = 1 << 25
+
+
 def isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mask of the elements of `a` found in `b` (binary search in sorted b; faster than np.isin here)."""
+    """Mask of the elements of `a` found in `b`: marks in the per-thread scratch array of `candgen.idset` for
+    request-sized arrays of item ids, else a binary search in sorted b (both faster than np.isin here)."""
     if not len(a) or not len(b):
         return np.zeros(len(a), bool)
+    if len(a) <= 100_000 and a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        hi = max(a.max(), b.max())
+        if hi < SCRATCH_ISIN_MAX and min(a.min(), b.min()) >= 0:
+            return member(a, b, upper=int(hi) + 1)
     sb = np.sort(b)
     if len(a) > 100_000 and a.dtype.kind in "iu":
         # searching sorted queries walks sb in order (cache-friendly); 5-10x faster on millions of rows

@@ -22,6 +22,7 @@ import numpy as np
 from candgen.config import EventsConfig
 from candgen.data.dataset import Dataset
 from candgen.errors import ArtifactError
+from candgen.idset import first_occurrence
 from candgen.sources.activity import EARLY_BOOST
 from candgen.sources.base import CandidateSource, UserContext, isin, sum_by_id, thread_rng, top_k, union
 from candgen.sources.catalog import Catalog
@@ -185,7 +186,8 @@ class ColdStartSource(CandidateSource):
         lists = [self.tags.items("tag", int(t), m) for t in tag_ids]
         ids, scores = sum_by_id(np.concatenate(lists), np.concatenate([1.0 / np.log2(np.arange(len(x)) + 2.0)
                                                                        for x in lists]))
-        ids, _ = top_k(ids[self.catalog.live(ids)], scores[self.catalog.live(ids)], n, exclude)
+        live = self.catalog.live(ids)
+        ids, _ = top_k(ids[live], scores[live], n, exclude)
         return ids
 
     def _random_items(self, n: int, exclude: np.ndarray) -> np.ndarray:
@@ -195,8 +197,7 @@ class ColdStartSource(CandidateSource):
         draw = thread_rng(self.seed).integers(0, n_items, size=min(2 * n + len(exclude), 4 * n_items))
         draw = draw[self.catalog.live(draw)]
         draw = draw[~isin(draw, exclude)]
-        _, first = np.unique(draw, return_index=True)  # first occurrences keep the random order
-        return draw[np.sort(first)][:n].astype(np.int64)
+        return draw[first_occurrence(draw)][:n].astype(np.int64)  # first occurrences keep the random order
 
     def retrieve(self, ctx: UserContext, k: int) -> Candidates:
         if k <= 0:
