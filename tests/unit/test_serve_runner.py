@@ -20,6 +20,7 @@ from candgen.artifacts import Manifest
 from candgen.cli.main import main
 from candgen.errors import CandgenError
 from candgen.serve import factory, runner
+from candgen.serve.balance import BALANCE_ENV
 
 HERE = Path(__file__).parent
 
@@ -34,7 +35,7 @@ def art(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def serve_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name in (factory.ART_ENV, factory.STATE_ENV, factory.CONFIG_ENV, factory.ENGINE_ENV):
+    for name in (factory.ART_ENV, factory.STATE_ENV, factory.CONFIG_ENV, factory.ENGINE_ENV, BALANCE_ENV):
         monkeypatch.delenv(name, raising=False)
     threshold = gc.get_threshold()
     yield monkeypatch
@@ -94,11 +95,22 @@ def test_run_checks_arguments_and_starts_uvicorn_with_the_factory(serve_env: pyt
     import uvicorn
 
     calls: list[tuple[str, dict]] = []
-    serve_env.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    balance_dirs: list[str | None] = []
+
+    def fake_run(app: str, **kw: object) -> None:
+        calls.append((app, kw))
+        d = os.environ.get(BALANCE_ENV)
+        balance_dirs.append(d)
+        assert d is None or Path(d).is_dir()  # the workers' shared directory exists while they run
+
+    serve_env.setattr(uvicorn, "run", fake_run)
     serve_env.setenv(factory.STATE_ENV, "stale://")
     runner.run(str(art), host="127.0.0.1", port=free_port(), workers=3, log_level="info")
     app, kw = calls[0]
     assert app == "candgen.serve.factory:make_app" and kw["factory"] is True and kw["workers"] == 3
+    assert balance_dirs[0] is not None and not Path(balance_dirs[0]).exists()  # removed when uvicorn returns
+    runner.run(str(art), host="127.0.0.1", port=free_port(), workers=1)
+    assert balance_dirs[1] is None  # one worker: nothing to balance
     assert kw["access_log"] is True and kw["log_level"] == "info"
     assert os.environ[factory.ART_ENV] == str(art) and factory.STATE_ENV not in os.environ
     with pytest.raises(CandgenError, match="--workers"):

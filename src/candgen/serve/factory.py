@@ -7,6 +7,8 @@ in environment variables that `serve.runner.run` sets before starting uvicorn:
 - `CANDGEN_STATE`: the state URL (`memory://`, `redis://...`), empty for the embedded default;
 - `CANDGEN_CONFIG`: an optional TOML config file; its [serve] table sets the HTTP limits here and, over the
   artifacts' config, the engine's (`candgen.engine.open_engine`);
+- `CANDGEN_BALANCE_DIR`: with several workers, the directory through which they spread keep-alive
+  connections evenly (`candgen.serve.balance`);
 - `CANDGEN_ENGINE`: `module:function` that opens the engine, default `candgen.engine:open_engine`
   (tests and benchmarks point it at a fake engine).
 
@@ -27,6 +29,7 @@ from fastapi import FastAPI
 from candgen.config import CONFIG_ENV, load_config
 from candgen.errors import CandgenError
 from candgen.serve.app import create_app
+from candgen.serve.balance import BALANCE_ENV, BalancingMiddleware, ConnectionBalancer
 from candgen.serve.protocol import Engine
 
 ART_ENV = "CANDGEN_ART"
@@ -80,4 +83,8 @@ def make_app() -> FastAPI:
         tune_gc()
         return engine
 
-    return create_app(open_engine, config=config.serve)
+    app = create_app(open_engine, config=config.serve)
+    balance_dir = os.environ.get(BALANCE_ENV)
+    if balance_dir:  # several workers: spread keep-alive connections evenly over them
+        app.add_middleware(BalancingMiddleware, balancer=ConnectionBalancer(balance_dir))
+    return app

@@ -5,6 +5,7 @@ memory-mapped by the engine so that workers share the index pages. With more tha
 state (events, caches) must live in a shared store (`--state redis://...`) or each worker sees only its
 own. SIGHUP reloads the artifacts in place (one worker: the app's handler swaps the engine's runtime; several
 workers: uvicorn's supervisor restarts them one at a time, each loading before it accepts connections).
+Several workers also spread keep-alive connections evenly (`candgen.serve.balance`).
 SIGTERM (and Ctrl-C) shut down gracefully: uvicorn stops accepting, finishes in-flight requests
 (up to `GRACEFUL_SHUTDOWN_S`), then the app closes its engine.
 """
@@ -13,11 +14,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
+import tempfile
 
 from candgen.config import CONFIG_ENV
 from candgen.errors import CandgenError
 from candgen.serve.app import LOAD_BEFORE_SERVING_ENV
+from candgen.serve.balance import BALANCE_ENV
 from candgen.serve.factory import ART_ENV, STATE_ENV
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -64,13 +68,23 @@ def run(
             os.environ.pop(name, None)
     # several workers: each loads its engine before it accepts connections, so that a rolling restart
     # (uvicorn restarts the workers one by one on SIGHUP to the main process) fails no request
+    # and they spread keep-alive connections evenly through a directory they share (`serve.balance`)
+    balance_dir = None
     if workers > 1:
         os.environ[LOAD_BEFORE_SERVING_ENV] = "1"
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        balance_dir = tempfile.mkdtemp(prefix="candgen-serve-", dir=shm)
+        os.environ[BALANCE_ENV] = balance_dir
     else:
         os.environ.pop(LOAD_BEFORE_SERVING_ENV, None)
-    uvicorn.run(
-        APP, factory=True, host=host, port=port, workers=workers, log_level=log_level,
-        access_log=log_level in ("info", "debug", "trace"),
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        server_header=False,
-    )
+        os.environ.pop(BALANCE_ENV, None)
+    try:
+        uvicorn.run(
+            APP, factory=True, host=host, port=port, workers=workers, log_level=log_level,
+            access_log=log_level in ("info", "debug", "trace"),
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            server_header=False,
+        )
+    finally:
+        if balance_dir is not None:
+            shutil.rmtree(balance_dir, ignore_errors=True)
