@@ -66,6 +66,22 @@ def test_balanced_workers_close_nothing_and_a_lone_connection_is_kept(tmp_path: 
         clock.t += 0.25
 
 
+def test_a_tenth_over_the_fair_share_is_tolerated(tmp_path: Path) -> None:
+    clock = Clock()
+    w = ConnectionBalancer(tmp_path, name="w", clock=clock)
+    (tmp_path / "peer").write_text("45")
+    for _ in range(6):  # 55 here, 45 there: fair 50 plus 5 of slack
+        os.utime(tmp_path / "peer")
+        assert not any(w.note(c) for c in clients(55))
+        clock.t += 0.25
+    (tmp_path / "peer").write_text("40")
+    clock.t += 2.0  # the 55 went quiet; 60 others arrive (the first of them publishes a count of 1)
+    assert not any(w.note(c) for c in clients(60, 50000))
+    clock.t += 0.25
+    closes = sum(w.note(c) for c in clients(60, 50000))  # 60 against 40: fair 50, slack 5, excess 5 → half: 3
+    assert closes == 3
+
+
 def test_idle_connections_leave_the_count_and_stale_or_garbled_workers_are_ignored(tmp_path: Path) -> None:
     clock = Clock()
     w = ConnectionBalancer(tmp_path, name="w", clock=clock, window_s=1.0)

@@ -7,7 +7,8 @@ idles: 8 connections split 8/0 in `benchmarks/service/run.py`, where two workers
 Each worker counts the client connections it served in the last `window_s` (by the client's address and
 port) and publishes the count every `publish_s` in a small file of a directory the workers share
 (`runner.run` creates it and names it in `CANDGEN_BALANCE_DIR`). A worker holding more than its fair share,
-ceil(total / live workers), answers half the excess of its next requests with `Connection: close`. The client
+ceil(total / live workers) plus a tenth, answers half the excess of its next requests with `Connection: close`
+per interval. The client
 reconnects, and the accept goes to whichever worker wakes first, most likely an idle one; a connection
 that lands on the same worker again is closed again at a later publish, so the split converges without
 churn once it is even. The answer itself is complete; HTTP clients reconnect on `Connection: close`
@@ -77,9 +78,12 @@ class ConnectionBalancer:
             return 0  # the counts cover less than one window yet: publish, but judge nothing
         total = mine + sum(others)
         fair = math.ceil(total / (len(others) + 1))
+        # a tenth of slack above the fair share: many sporadic connections make the counts of "seen in the last
+        # second" wobble, and a wobble is no reason to close anything (8 connections: no slack)
+        excess = mine - fair - fair // 10
         # half the excess per interval: the others' counts are up to one interval old, so closing all of it at
         # once would overshoot while the reconnections have not shown up there yet
-        return (max(0, mine - fair) + 1) // 2
+        return (max(0, excess) + 1) // 2
 
     def _publish(self, count: int) -> None:
         tmp = self.directory / f".{self.name}.tmp"
