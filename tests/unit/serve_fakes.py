@@ -7,11 +7,13 @@ request of the same user is an L1 hit until one of their events invalidates it.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from candgen.config import NEGATIVE_EVENTS
@@ -196,3 +198,16 @@ def open_fake(art: str, state_url: str | None) -> FakeEngine:
     eng = FakeEngine()
     eng.model_version = f"fake:{Path(art).name}:{state_url}"
     return eng
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Poll `url`/readyz until 200; fail with the server's stderr if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)

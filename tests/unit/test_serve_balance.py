@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serve_fakes import wait_until_ready
 
 from candgen.serve import factory
 from candgen.serve.balance import BALANCE_ENV, BalancingMiddleware, ConnectionBalancer
@@ -168,15 +169,7 @@ def test_a_real_worker_over_its_share_answers_with_connection_close(tmp_path: Pa
     url = f"http://127.0.0.1:{port}"
     conns = [httpx.Client(base_url=url, limits=httpx.Limits(max_connections=1), timeout=10) for _ in range(8)]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.05)
+        wait_until_ready(url, proc)
         closed = 0
         t_end = time.monotonic() + 3.0  # the first second only counts
         while time.monotonic() < t_end:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from serve_fakes import wait_until_ready
 
 from candgen.artifacts import Manifest
 from candgen.cli.main import main
@@ -171,15 +172,7 @@ def test_a_real_server_with_two_workers_serves_and_stops_on_sigterm(art: Path) -
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
+        wait_until_ready(url, proc)
         with httpx.Client(base_url=url) as c:
             r = c.post("/v1/candidates", json={"user_id": "a", "k": 3})
             assert r.status_code == 200 and r.json()["model_version"] == "fake:art:None"
