@@ -135,9 +135,9 @@ async def _app(scope, receive, send):
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_middleware_adds_connection_close_only_when_told(anyio_backend) -> None:
     scope = {"type": "http", "client": ("127.0.0.1", 5555), "headers": []}
-    closing = _Stub(True)
-    sent = await _run(BalancingMiddleware(_app, closing), scope)  # type: ignore[arg-type]
-    assert sent[0]["headers"] == [(b"connection", b"close")] and sent[1]["body"] == b"ok"
+    closing, counted = _Stub(True), []
+    sent = await _run(BalancingMiddleware(_app, closing, on_close=lambda: counted.append(1)), scope)  # type: ignore[arg-type]
+    assert sent[0]["headers"] == [(b"connection", b"close")] and sent[1]["body"] == b"ok" and counted == [1]
     assert closing.seen == [("127.0.0.1", 5555)]
     sent = await _run(BalancingMiddleware(_app, _Stub(False)), scope)  # type: ignore[arg-type]
     assert sent[0]["headers"] == [(b"connection", b"keep-alive")]
@@ -181,6 +181,9 @@ def test_a_real_worker_over_its_share_answers_with_connection_close(tmp_path: Pa
         # 8 here, 0 there: from the second second on, 2 answers per publish interval close (half the excess of
         # 4), and the clients reconnect
         assert closed >= 4
+        metrics = conns[0].get("/metrics").text
+        line = next(x for x in metrics.splitlines() if x.startswith("candgen_connections_rebalanced_total"))
+        assert float(line.split()[-1]) >= closed  # every close is counted (the scrape itself may close one more)
     finally:
         for c in conns:
             c.close()

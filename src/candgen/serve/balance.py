@@ -107,16 +107,19 @@ class ConnectionBalancer:
 
 class BalancingMiddleware:
     """ASGI middleware: asks `balancer` about each HTTP request and adds `Connection: close` to the answer
-    when the balancer says this worker should give the connection up."""
+    when the balancer says this worker should give the connection up (then calls `on_close`, a metric)."""
 
-    def __init__(self, app: ASGIApp, balancer: ConnectionBalancer) -> None:
-        self.app, self.balancer = app, balancer
+    def __init__(self, app: ASGIApp, balancer: ConnectionBalancer,
+                 on_close: Callable[[], object] | None = None) -> None:
+        self.app, self.balancer, self.on_close = app, balancer, on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client") if scope["type"] == "http" else None
         if not client or not self.balancer.note((str(client[0]), int(client[1]))):
             await self.app(scope, receive, send)
             return
+        if self.on_close is not None:
+            self.on_close()
 
         async def closing(message: Message) -> None:
             if message["type"] == "http.response.start":

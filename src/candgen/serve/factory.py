@@ -86,5 +86,6 @@ def make_app() -> FastAPI:
     app = create_app(open_engine, config=config.serve)
     balance_dir = os.environ.get(BALANCE_ENV)
     if balance_dir:  # several workers: spread keep-alive connections evenly over them
-        app.add_middleware(BalancingMiddleware, balancer=ConnectionBalancer(balance_dir))
+        app.add_middleware(BalancingMiddleware, balancer=ConnectionBalancer(balance_dir),
+                           on_close=app.state.metrics.connections_rebalanced.inc)
     return app

@@ -89,6 +89,10 @@ class ServeMetrics:
             "candgen_source_degraded", "requests where a source failed or was late and was dropped",
             ["source", "variant"], registry=r,
         )
+        self.connections_rebalanced = Counter(
+            "candgen_connections_rebalanced", "keep-alive connections this worker closed after their answer, to even"
+            " out the workers' shares (serve/balance.py)", registry=r,
+        )
         self.cache_requests = Counter(
             "candgen_cache_requests", "candidate requests by the cache level that answered them (miss: none)",
             ["level"], registry=r,
