@@ -6,16 +6,17 @@
 Every row starts the server on a free port (candgen: `candgen serve ART --workers N [--state redis://]`;
 peer: benchmarks/service/peer.py), waits until it is ready, runs the closed-loop load generator of
 `candgen bench load` with --cache-miss (every request a distinct user; warm users from the artifacts'
-snapshot, 10% cold users, contexts) and stops the server. Columns: client-side QPS and latency, the
-server's own `took_ms`, errors, the fraction answered from a stored list (L1/L3: must be ~0), degraded
-answers, and CPU per request of the server process tree and of the client, read from /proc over the
-measured window. CPU per request is the figure the machine's load disturbs least: 2 cores x 1000 /
-(server CPU ms per request) is the QPS two free cores would sustain.
+snapshot, 10% cold users, contexts) and stops the server. Columns: client-side QPS of 2xx answers and
+latency, the server's own `took_ms`, errors (503 refusals among them), the fraction answered from a stored
+list (L1/L3: must be ~0), degraded answers, the server process tree's CPU per 2xx answer and the client's
+CPU per request, read from /proc over the measured window. Server CPU per answer is the figure the
+machine's load disturbs least: 2 cores x 1000 / (server CPU ms per answer) is the QPS two free cores
+would sustain.
 
 The line under each row also gives the keep-alive connections each server process holds one second into
 the measured window (`ss`), largest first. The workers share one listening socket, and whichever accepts a
-connection serves it to the end, so a row's QPS depends on the split (8 clients, 2 workers: 5/3 or 4/4
-gave ~300 QPS at 1M, 8/0 ~110). Every worker accepts before the load starts (`ServiceProcess`).
+connection serves it to the end; candgen's workers even out the split themselves (`serve/balance.py`; before
+that, 8/0 splits served like one worker). Every worker accepts before the load starts (`ServiceProcess`).
 """
 
 from __future__ import annotations

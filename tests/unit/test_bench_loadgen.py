@@ -150,7 +150,9 @@ def test_summarize_percentiles_errors_and_fractions() -> None:
     assert r.degraded_fraction == pytest.approx(0.01)
     assert r.client_cpu_ms_per_req == pytest.approx(1.0) and r.server_cpu_ms_per_req == pytest.approx(2.0)
     assert r.statuses == {"200": 100, "503": 1, "0": 1} and r.shed == 1 and r.answered_qps == 50.0
-    assert "| c | 51 |" in table_row("c", r)
+    assert r.server_cpu_ms_per_answer == pytest.approx(2.04)
+    row = table_row("c", r)  # the table counts 2xx answers only
+    assert row.startswith("| c | 50 |") and "| 2.04 |" in row
     empty = summarize([], duration_s=1.0, concurrency=1, client_cpu_s=0.0)
     assert empty.requests == 0 and math.isnan(empty.p99_ms) and math.isnan(empty.cache_hit_fraction)
 
