@@ -6,14 +6,14 @@ idles: 8 connections split 8/0 in `benchmarks/service/run.py`, where two workers
 
 Each worker counts the client connections it served in the last `window_s` (by the client's address and
 port) and publishes the count every `publish_s` in a small file of a directory the workers share
-(`runner.run` creates it and names it in `CANDGEN_BALANCE_DIR`). A worker holding more than its fair share,
-ceil(total / live workers) plus a tenth, answers half the excess of its next requests with `Connection: close`
-per interval. The client
-reconnects, and the accept goes to whichever worker wakes first, most likely an idle one; a connection
-that lands on the same worker again is closed again at a later publish, so the split converges without
-churn once it is even. The answer itself is complete; HTTP clients reconnect on `Connection: close`
-without an error. A worker whose file is older than `stale_s` (stopped, restarting) is not counted, and a
-worker judges nothing during its first `window_s`, while its counts still cover only part of a window.
+(`runner.run` creates it and names it in `CANDGEN_BALANCE_DIR`). A worker holding more than its fair
+share, ceil(total / live workers) plus a tenth, answers half its excess of next requests per interval with
+`Connection: close`. The client reconnects, and the accept goes to whichever worker wakes first, most likely
+an idle one; a connection that lands on the same worker again is closed again at a later publish, so the
+split converges, and nothing is closed once it is even. The answer itself is complete; HTTP clients
+reconnect on `Connection: close` without an error. A worker whose file is older than `stale_s` (stopped,
+restarting) is not counted, and a worker judges nothing during its first `window_s`, while its counts
+still cover only part of a window.
 """
 
 from __future__ import annotations
