@@ -189,3 +189,41 @@ def test_a_real_worker_over_its_share_answers_with_connection_close(tmp_path: Pa
             c.close()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_two_real_workers_end_with_an_even_split(tmp_path: Path) -> None:
+    """`candgen serve --workers 2` (fake engine): 8 keep-alive clients end up 4/4 however the accepts fell,
+    as `ss` sees the connections."""
+    from candgen.artifacts import Manifest
+    from candgen.bench.service import connections_by_process
+
+    if connections_by_process(1) is None:
+        pytest.skip("`ss` (iproute2) is not available to count connections per process")
+    art = tmp_path / "art"
+    art.mkdir()
+    Manifest(model_version="m1", dataset_fingerprint="f", data_end_time=0, config={}).write(art)
+    port = _free_port()
+    env = {**os.environ, factory.ENGINE_ENV: "serve_fakes:open_fake",
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "candgen.cli.main", "serve", str(art), "--port", str(port),
+                             "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    conns = [httpx.Client(base_url=url, limits=httpx.Limits(max_connections=1), timeout=10) for _ in range(8)]
+    splits: list[list[int]] = []
+    try:
+        wait_until_ready(url, proc)
+        t_end = time.monotonic() + 20
+        while time.monotonic() < t_end:
+            for _ in range(20):
+                for c in conns:
+                    assert c.post("/v1/candidates", json={"user_id": "a", "k": 3}).status_code == 200
+            by = connections_by_process(port) or {}
+            splits.append(sorted(by.values(), reverse=True))
+            if splits[-1] == [4, 4]:
+                break
+    finally:
+        for c in conns:
+            c.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert splits and splits[-1] == [4, 4], splits

@@ -18,6 +18,8 @@ still cover only part of a window.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import os
 import time
@@ -27,6 +29,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BALANCE_ENV = "CANDGEN_BALANCE_DIR"
+log = logging.getLogger(__name__)
 
 
 class ConnectionBalancer:
@@ -50,18 +53,25 @@ class ConnectionBalancer:
     def note(self, client: tuple[str, int]) -> bool:
         """Record a request on `client`'s connection; True when its answer should close the connection."""
         now = self.clock()
-        if self._started is None:
-            self._started = now
         self._last_seen[client] = now
-        if now >= self._next_publish:
-            self._next_publish = now + self.publish_s
-            self._excess = self._rebalance(now)
+        self.tick(now)
         if self._excess > 0 and len(self._last_seen) > 1:
             self._excess -= 1
             del self._last_seen[client]
             self.closed += 1
             return True
         return False
+
+    def tick(self, now: float | None = None) -> None:
+        """Publish and judge, at most once per `publish_s`. Called on every request and by the worker's
+        heartbeat (`BalancingMiddleware`), so that a worker without connections still publishes its 0: the
+        others can only give connections up to a worker they see."""
+        now = self.clock() if now is None else now
+        if self._started is None:
+            self._started = now
+        if now >= self._next_publish:
+            self._next_publish = now + self.publish_s
+            self._excess = self._rebalance(now)
 
     def _rebalance(self, now: float) -> int:
         """Publish this worker's count, read the others', and return how many connections to give up."""
@@ -112,8 +122,20 @@ class BalancingMiddleware:
     def __init__(self, app: ASGIApp, balancer: ConnectionBalancer,
                  on_close: Callable[[], object] | None = None) -> None:
         self.app, self.balancer, self.on_close = app, balancer, on_close
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                self.balancer.tick()
+            except Exception:  # never let a balancing hiccup end the heartbeat (or the worker)
+                log.exception("connection balancer tick failed")
+            await asyncio.sleep(self.balancer.publish_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self._heartbeat is None:
+            # the worker's startup: publish every interval from now on, on the event loop like `note`
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         client = scope.get("client") if scope["type"] == "http" else None
         if not client or not self.balancer.note((str(client[0]), int(client[1]))):
             await self.app(scope, receive, send)
