@@ -86,7 +86,7 @@ def test_start_redis_fails_clearly_when_the_port_is_taken(own_redis: tuple[int, 
         t = time.perf_counter()
         with pytest.raises(RuntimeError, match=f"did not start on port {port}"):
             start_redis(port, workdir / "r", timeout_s=30)
-        assert time.perf_counter() - t < 10  # it notices the server exited; it does not wait out the timeout
+        assert time.perf_counter() - t < 5  # it notices the server exited; it does not wait out the timeout
 
 
 def test_reconnects_when_redis_comes_back(own_redis: tuple[int, Path]) -> None:

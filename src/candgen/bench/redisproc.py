@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def start_redis(port: int, workdir: Path, *, fsync_always: bool = False,
@@ -22,14 +24,18 @@ def start_redis(port: int, workdir: Path, *, fsync_always: bool = False,
         cmd += ["--appendfsync", "always"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            redis.Redis(port=port, socket_connect_timeout=0.1, socket_timeout=0.5).ping()
-            return proc
-        except (redis.ConnectionError, redis.TimeoutError):  # not up yet, or something else holds the port
-            if proc.poll() is not None:
-                break
-            time.sleep(0.02)
+    # one attempt per PING (redis-py retries with backoff by default: seconds when something else holds the
+    # port and answers nothing), and the process is checked first: one that exited is not waited for
+    client = redis.Redis(port=port, socket_connect_timeout=0.1, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                client.ping()
+                return proc
+            except (redis.ConnectionError, redis.TimeoutError):  # not up yet, or something else holds the port
+                time.sleep(0.02)
+    finally:
+        client.close()
     proc.kill()
     proc.wait()
     raise RuntimeError(f"redis-server did not start on port {port} (exit code {proc.returncode})")
