@@ -146,6 +146,32 @@ async def test_middleware_adds_connection_close_only_when_told(anyio_backend) ->
     assert sent[0]["headers"] == [(b"connection", b"keep-alive")] and no_client.seen == []
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_heartbeat_publishes_without_requests_and_stops_at_shutdown(anyio_backend, tmp_path: Path) -> None:
+    import asyncio
+
+    balancer = ConnectionBalancer(tmp_path, name="w", publish_s=0.01)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    seen: list[str] = []
+
+    async def lifespan_app(scope, receive, send):
+        seen.append((await receive())["type"])
+        await asyncio.sleep(0.05)  # serving: the heartbeat runs meanwhile
+        assert (tmp_path / "w").read_text() == "0"  # published, though no request came
+        seen.append((await receive())["type"])
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(m):
+        pass
+
+    mw = BalancingMiddleware(lifespan_app, balancer)
+    await mw({"type": "lifespan"}, receive, send)
+    assert seen == ["lifespan.startup", "lifespan.shutdown"] and mw._heartbeat is None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -132,10 +132,24 @@ class BalancingMiddleware:
                 log.exception("connection balancer tick failed")
             await asyncio.sleep(self.balancer.publish_s)
 
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        """The worker's startup starts the heartbeat (publishing every interval, on the event loop like
+        `note`); its shutdown stops it."""
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and self._heartbeat is None:
+                self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+            elif message["type"] == "lifespan.shutdown" and self._heartbeat is not None:
+                self._heartbeat.cancel()
+                self._heartbeat = None
+            return message
+
+        return wrapped
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" and self._heartbeat is None:
-            # the worker's startup: publish every interval from now on, on the event loop like `note`
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+            return
         client = scope.get("client") if scope["type"] == "http" else None
         if not client or not self.balancer.note((str(client[0]), int(client[1]))):
             await self.app(scope, receive, send)
