@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import httpx
 import pytest
 from serve_fakes import wait_until_ready
 
+from candgen.bench.service import free_port
 from candgen.serve import factory
 from candgen.serve.balance import BALANCE_ENV, BalancingMiddleware, ConnectionBalancer
 
@@ -172,12 +172,6 @@ async def test_the_heartbeat_publishes_without_requests_and_stops_at_shutdown(an
     assert seen == ["lifespan.startup", "lifespan.shutdown"] and mw._heartbeat is None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_real_worker_over_its_share_answers_with_connection_close(tmp_path: Path) -> None:
     """The wiring end to end: factory → middleware → uvicorn closes the connection → the client reconnects.
     One real worker and a published peer that holds nothing: 8 keep-alive clients are 4 too many here."""
@@ -186,7 +180,7 @@ def test_a_real_worker_over_its_share_answers_with_connection_close(tmp_path: Pa
     balance.mkdir()
     peer = balance / "peer"
     peer.write_text("0")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, factory.ART_ENV: str(tmp_path / "art"), factory.ENGINE_ENV: "serve_fakes:open_fake",
            BALANCE_ENV: str(balance), "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "candgen.serve.factory:make_app", "--factory",
@@ -228,7 +222,7 @@ def test_two_real_workers_end_with_an_even_split(tmp_path: Path) -> None:
     art = tmp_path / "art"
     art.mkdir()
     Manifest(model_version="m1", dataset_fingerprint="f", data_end_time=0, config={}).write(art)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, factory.ENGINE_ENV: "serve_fakes:open_fake",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "candgen.cli.main", "serve", str(art), "--port", str(port),
