@@ -37,14 +37,47 @@ def test_quota_merge_gives_each_source_its_share_of_its_best_items():
     assert np.all(np.diff(b.scores) <= 0)
 
 
-def test_unused_quota_flows_to_the_others_in_mix_order():
+def test_unused_quota_is_shared_among_the_others_by_weight():
     lists = disjoint()
     lists[2] = cands([2000], "trending")  # trending's share is 2 but it has 1 item
     lists[3] = cands([], "social")
-    b = quota_merge(lists, MIX, 10)
-    assert len(b) == 10
-    # the 2 spare slots go to the first source in mix order that still has items
-    assert counts(b) == {"collaborative": 6, "content": 3, "trending": 1, "social": 0}
+    # social has no list, so round 1 shares 71 slots 4:3:2 (31 + 24 + 16), of which trending fills 1; the 15
+    # slots left are shared 4:3 (9 + 6) by the two sources that still have items: the mix's 4:3 holds
+    big = quota_merge(lists, MIX, 71)
+    assert len(big) == 71
+    assert counts(big) == {"collaborative": 40, "content": 30, "trending": 1, "social": 0}
+    assert counts(quota_merge(lists, MIX, 10)) == {"collaborative": 6, "content": 3, "trending": 1, "social": 0}
+
+
+@pytest.mark.parametrize("k", [1, 7, 10, 100, 333])
+def test_a_source_with_nothing_changes_nothing(k):
+    mix = {"collaborative": 0.25, "content": 0.25, "social": 0.25, "trending": 0.25}
+    lists = [cands(np.arange(400) + 1000 * j, name) for j, name in enumerate(mix)]
+    lists[2] = cands([], "social")
+    with_empty = quota_merge(lists, mix, k)
+    without = quota_merge([c for c in lists if c.source != "social"],
+                          {n: w for n, w in mix.items() if n != "social"}, k)
+    assert with_empty.ids.tolist() == without.ids.tolist()
+    assert len(with_empty) == k
+
+
+def test_shares_are_refilled_over_several_rounds_until_every_source_is_exhausted():
+    lists = [cands(np.arange(30), "collaborative"), cands(np.arange(100, 103), "content"),
+             cands(np.arange(200, 206), "trending"), cands(np.arange(300, 400), "social")]
+    # round 1 (60 slots, 24/18/12/6): content and trending run short, 21 slots left; round 2 shares them 4:1
+    # (17/4) and collaborative runs short after 6 more; round 3 gives social the 11 left
+    b = quota_merge(lists, MIX, 60)
+    assert counts(b) == {"collaborative": 30, "content": 3, "trending": 6, "social": 21}
+    everything = quota_merge(lists, MIX, 1000)
+    assert len(everything) == 139 and len(set(everything.ids.tolist())) == 139  # every distinct item
+
+
+def test_shared_items_taken_by_an_earlier_source_leave_the_later_one_short():
+    # content's items are all collaborative's: it runs short, and its share goes back to collaborative
+    lists = [cands(np.arange(20), "collaborative"), cands(np.arange(5), "content")]
+    b = quota_merge(lists, {"collaborative": 0.5, "content": 0.5}, 10)
+    assert sorted(b.ids.tolist()) == list(range(10))
+    assert int(b.found_by("content").sum()) == 5  # provenance keeps both sources for the shared items
 
 
 def test_a_source_missing_from_the_mix_takes_only_overflow():

@@ -3,7 +3,8 @@
 Two strategies, both pure functions over numpy arrays:
 
 - `quota_merge`: each source gets its share of the k slots by the configured mix (default 40/30/20/10
-  collaborative/content/trending/social); quota a source cannot use flows to the others in mix order.
+  collaborative/content/trending/social); quota a source cannot use is shared among the others by their
+  weights, so a source with nothing to offer leaves the list exactly as if it were not in the mix.
 - `weighted_merge`: the seed's probabilistic merge; each slot is drawn from a source with probability
   proportional to its weight, without replacement, deterministic given the random generator.
 
@@ -258,12 +259,14 @@ def quota_merge(
     lists: list[Candidates], mix: dict[str, float], k: int, *, normalization: str = "rank",
     rescore: Callable[[_Pool], np.ndarray] | None = None,
 ) -> Blended:
-    """Merge by quota: each source fills its share of k, unused quota flows to the others in mix order.
+    """Merge by quota: each source fills its share of k; unused quota is shared among the others by weight.
 
-    Pass 1 walks the sources in mix order; each takes its best items not yet taken by an earlier source,
-    up to its share (`quota_shares`). Pass 2 gives the slots left (a source was short, or the mix names a
-    source with no list) to the sources in mix order, each taking all it still has until k are filled.
-    Sources absent from the mix get no share but take part in pass 2, after the named ones.
+    Each round walks the sources in mix order; each takes its best items not yet taken by an earlier source,
+    up to its share (`quota_shares`) of the slots still open. A source that runs short (its list is shorter,
+    or the mix names a source with no list) leaves, and the next round shares the slots left among the
+    others by their weights, until k are filled or every named source is exhausted. An empty source thus
+    changes nothing: the others keep the proportions of the mix. Sources absent from the mix (or weighted
+    0) get no share; they fill, in input order, only what the named ones could not.
 
     The result is ranked by a fused score, `sum over the sources that found the item of mix[source] *
     normalize(score)`: with the default rank normalisation this is weighted reciprocal-rank fusion, so an
@@ -280,19 +283,29 @@ def quota_merge(
     if k == 0 or len(pool.uniq) == 0:
         return Blended.empty(pool.names)
     order = _ordered_sources(pool.names, mix)
-    shares = quota_shares({n: mix.get(n, 0.0) for n in order}, k)
     picked: list[np.ndarray] = []
     left = k
-    for name in order:
-        got = pool.take_next(name, min(shares[name], left))
-        picked.append(got)
-        left -= len(got)
-    for name in order:
+    # water-filling: the named sources share the open slots by their weights; a source that runs short
+    # leaves the round, and the slots it could not fill are shared again among those that still have items
+    # (at most one round per source: a round either fills every slot or exhausts a source)
+    active = [n for n in order if mix.get(n, 0.0) > 0 and len(pool.segments[n])]  # an empty list is no source
+    while left > 0 and active:
+        shares = quota_shares({n: mix[n] for n in active}, left)
+        still = []
+        for name in active:
+            got = pool.take_next(name, shares[name])
+            picked.append(got)
+            left -= len(got)
+            if len(got) == shares[name]:
+                still.append(name)
+        active = still
+    for name in order:  # sources without weight only take what the named ones could not fill
         if left <= 0:
             break
-        got = pool.take_next(name, left)
-        picked.append(got)
-        left -= len(got)
+        if mix.get(name, 0.0) <= 0:
+            got = pool.take_next(name, left)
+            picked.append(got)
+            left -= len(got)
     codes = np.concatenate(picked)
     codes = codes[argsort_desc(pool.fused[codes])]
     return pool.result(codes)
