@@ -8,6 +8,9 @@ each one computes its list. One client (sequential calls): "CPU" is this process
     .venv/bin/python benchmarks/request_path.py ART [--requests 2000] [--k 1000] [--profile prof.txt]
 
 `--profile FILE` also writes cProfile's cumulative table of the run (slower calls; for reading, not timing).
+`--served` opens the engine as `candgen serve` does (`open_engine`: the embedded state store, the list caches,
+the L2 user-embedding cache and the online ANN-recall sampling), instead of the artifacts alone. Every request
+still names a distinct user, so the list caches store but never hit.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from candgen.bench.loadgen import CONTEXTS, warm_users_from_artifacts
-from candgen.engine import Engine
+from candgen.engine import Engine, open_engine
 from candgen.types import Request
 
 
@@ -44,9 +47,10 @@ def main() -> None:
     p.add_argument("--cold-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", type=Path, default=None)
+    p.add_argument("--served", action="store_true", help="open the engine as candgen serve does")
     args = p.parse_args()
 
-    engine = Engine.load(args.art)
+    engine = open_engine(str(args.art)) if args.served else Engine.load(args.art)
     reqs = requests(args.art, args.warmup + args.requests, args.k, args.cold_fraction, args.seed)
     for r in reqs[: args.warmup]:
         engine.candidates(r)
@@ -80,7 +84,8 @@ def main() -> None:
     n = len(wall)
     ms = lambda a, q: float(np.percentile(np.asarray(a) * 1000.0, q))  # noqa: E731
     load = Path("/proc/loadavg").read_text()[:14]
-    print(f"{args.art}: {n} requests, k={args.k}, {elapsed:.1f} s, load average {load}")
+    how = "as served (state store, caches, sampling)" if args.served else "artifacts only"
+    print(f"{args.art} {how}: {n} requests, k={args.k}, {elapsed:.1f} s, load average {load}")
     print("| figure | p50 ms | p99 ms | mean ms |")
     print("|---|---|---|---|")
     print(f"| wall per request | {ms(wall, 50):.3f} | {ms(wall, 99):.3f} | {1000 * np.mean(wall):.3f} |")
