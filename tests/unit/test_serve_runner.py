@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from serve_fakes import wait_until_ready
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from candgen.artifacts import Manifest
 from candgen.cli.main import main
@@ -39,9 +40,11 @@ def serve_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     for name in (factory.ART_ENV, factory.STATE_ENV, factory.CONFIG_ENV, factory.ENGINE_ENV, BALANCE_ENV):
         monkeypatch.delenv(name, raising=False)
     threshold = gc.get_threshold()
+    blas = threadpool_info()
     yield monkeypatch
     gc.unfreeze()  # the factory tunes the collector for a serving process; give the test process its own back
     gc.set_threshold(*threshold)
+    threadpool_limits(limits=blas)  # and its BLAS thread pools
 
 
 def free_port() -> int:
@@ -70,6 +73,34 @@ def test_factory_opens_the_engine_named_in_the_environment(serve_env: pytest.Mon
         assert wait_ready(c) == {"status": "ready", "model_version": "fake:art:memory://"}
         assert len(c.get("/v1/candidates/a").json()["candidates"]) == 7  # [serve] max_k from the config file
     assert gc.get_threshold() == factory.GC_THRESHOLD and gc.get_freeze_count() > 0
+
+
+def blas_threads() -> set[int]:
+    return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+
+
+def test_factory_caps_the_blas_threads_of_a_serving_process(serve_env: pytest.MonkeyPatch) -> None:
+    assert blas_threads(), "numpy and FAISS load OpenBLAS"
+    serve_env.setenv(factory.ART_ENV, "/some/art")
+    serve_env.setenv(factory.ENGINE_ENV, "serve_fakes:open_fake")
+    factory.limit_blas_threads(2)
+    assert blas_threads() == {2}
+    factory.make_app()  # the default, serve.blas_threads = 1
+    assert blas_threads() == {1}
+    serve_env.setenv("CANDGEN_SERVE__BLAS_THREADS", "2")
+    factory.make_app()
+    assert blas_threads() == {2}
+    serve_env.setenv("CANDGEN_SERVE__BLAS_THREADS", "0")  # 0: leave the libraries as they are
+    factory.limit_blas_threads(1)
+    factory.make_app()
+    assert blas_threads() == {1}
+
+
+def test_a_negative_blas_thread_count_is_a_clear_error(serve_env: pytest.MonkeyPatch) -> None:
+    serve_env.setenv(factory.ART_ENV, "/some/art")
+    serve_env.setenv("CANDGEN_SERVE__BLAS_THREADS", "-1")
+    with pytest.raises(CandgenError, match="serve.blas_threads must be >= 0"):
+        factory.make_app()
 
 
 def test_factory_without_art_is_a_clear_error(serve_env: pytest.MonkeyPatch) -> None:

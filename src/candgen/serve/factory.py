@@ -14,7 +14,8 @@ in environment variables that `serve.runner.run` sets before starting uvicorn:
 
 The engine is opened in a background thread after the app starts (see `create_app`), so /healthz
 answers at once and /readyz turns 200 when the artifacts are loaded; then the process's garbage
-collector is tuned for serving (`tune_gc`).
+collector is tuned for serving (`tune_gc`). Before that, the BLAS thread pools are capped at
+`serve.blas_threads` (`limit_blas_threads`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD[0], GC_THRESHOLD[1], GC_THRESHOLD[2])
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap the BLAS libraries loaded in this process (numpy's and FAISS's OpenBLAS) at `threads` each, for the
+    process's lifetime; 0 leaves their default. A negative count is a configuration error."""
+    if threads < 0:
+        raise CandgenError(f"serve.blas_threads must be >= 0 (0: the libraries' default), got {threads}")
+    if threads:
+        import faiss  # noqa: F401 - loads FAISS's own OpenBLAS, so that the cap reaches it too
+        import numpy  # noqa: F401
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+
+
 def make_app() -> FastAPI:
     """Build the app from the environment (called by uvicorn with `factory=True`, once per worker)."""
     art = os.environ.get(ART_ENV)
@@ -76,6 +90,7 @@ def make_app() -> FastAPI:
     state_url = os.environ.get(STATE_ENV) or None
     config = load_config(os.environ.get(CONFIG_ENV) or None)
     spec = os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE
+    limit_blas_threads(config.serve.blas_threads)
 
     def open_engine() -> Engine:
         # imported here, in the loading thread: the engine pulls in numpy/FAISS state and may be slow
