@@ -171,7 +171,7 @@ class ServeConfig:
     attribution_ttl_s: float = 3600.0
     # BLAS threads per worker process (numpy's and FAISS's OpenBLAS; 0: the libraries' default, one per core).
     # The request path brings its own parallelism (the source pool, several workers): BLAS threads that fan
-    # out a sampled exact search over every core, then spin-wait, only take cores from requests (1M items,
+    # out a sampled exact search over every core only take cores from the requests running meanwhile (1M items,
     # one client, 6 alternated pairs: p99 median 11.6 ms with 1 thread against 13.2 ms with the default 2,
     # lower in 5 of 6; two workers under 8 clients: within noise; benchmarks/README "BLAS threads")
     blas_threads: int = 1
