@@ -14,17 +14,12 @@ import redis
 from redis.crc import key_slot
 
 from candgen.bench.redisproc import start_redis, stop_redis
+from candgen.bench.service import free_port
 from candgen.errors import CandgenError
 from candgen.state import Record, StateUnavailable, open_state
 from candgen.state.redis import RedisStore, hash_tag
 
 pytestmark = pytest.mark.redis
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_outage_degrades_quickly_and_never_crashes_a_read() -> None:

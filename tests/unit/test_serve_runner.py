@@ -19,6 +19,7 @@ from serve_fakes import wait_until_ready
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from candgen.artifacts import Manifest
+from candgen.bench.service import free_port
 from candgen.cli.main import main
 from candgen.errors import CandgenError
 from candgen.serve import factory, runner
@@ -45,12 +46,6 @@ def serve_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     gc.unfreeze()  # the factory tunes the collector for a serving process; give the test process its own back
     gc.set_threshold(*threshold)
     threadpool_limits(limits=blas)  # and its BLAS thread pools
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(c: TestClient) -> dict:
