@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,40 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, sync: str) -> None:
     assert acknowledged == 25
     records, _ = SQLiteStore(path).read_since(None)
     assert [r.data["i"] for r in records] == list(range(acknowledged))
+
+
+class _BusyAtOpen(sqlite3.Connection):
+    """A connection whose first statements find the file busy, as SQLite answers (without waiting on the
+    busy handler) while another process's last connection cleans up the WAL at its close."""
+    busy_left = 0
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if _BusyAtOpen.busy_left > 0:
+            _BusyAtOpen.busy_left -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().execute(sql, *args)
+
+
+@pytest.fixture
+def busy_at_open(monkeypatch: pytest.MonkeyPatch) -> type[_BusyAtOpen]:
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, factory=_BusyAtOpen, **kw))
+    return _BusyAtOpen
+
+
+def test_a_busy_open_is_retried_until_the_file_is_free(tmp_path: Path, busy_at_open: type[_BusyAtOpen]) -> None:
+    busy_at_open.busy_left = 3
+    store = SQLiteStore(tmp_path / "journal.db", busy_timeout_s=5.0)
+    assert busy_at_open.busy_left == 0
+    assert len(store._conns) == 1  # the connections that found the file busy were closed, not kept
+    assert store.append([Record(kind="event", data={})]) == ["1"]
+
+
+def test_an_open_busy_past_the_timeout_is_a_clear_error(tmp_path: Path, busy_at_open: type[_BusyAtOpen]) -> None:
+    busy_at_open.busy_left = 10**6
+    with pytest.raises(CandgenError, match="cannot open the state journal .*database is locked"):
+        SQLiteStore(tmp_path / "journal.db", busy_timeout_s=0.1)
+    busy_at_open.busy_left = 0
 
 
 def test_append_reports_a_locked_journal_as_unavailable(tmp_path: Path) -> None:

@@ -70,6 +70,14 @@ def _immediate(conn: sqlite3.Connection) -> Any:
             conn.execute("ROLLBACK")
         raise
 
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock; trying again later may succeed."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(e) or "busy" in str(e)
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused, even after deletes
@@ -108,16 +116,43 @@ class SQLiteStore(StateStore):
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            with _immediate(conn):  # several processes may open a new journal at once
-                for stmt in SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
+            self._open_schema()
         except (OSError, sqlite3.Error) as e:
             self.close()
             raise CandgenError(f"cannot open the state journal {self.path}: {e}") from None
         self._caches = local_caches(cache_config or CacheConfig())
         self.blob_dir = self.path.with_name(self.path.name + "-blobs")
+
+    def _open_schema(self) -> None:
+        """Open this thread's connection and create the tables. SQLite may answer SQLITE_BUSY here without
+        waiting on its busy handler (in WAL mode, while the last connection of another process is cleaning
+        up the WAL at its close), so a busy open is retried until `busy_timeout_s` is spent."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        pause = 0.005
+        while True:
+            try:
+                conn = self._conn()
+                with _immediate(conn):  # several processes may open a new journal at once
+                    for stmt in SCHEMA.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt)
+                return
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e) or time.monotonic() + pause > deadline:
+                    raise
+                self._drop_thread_conn()
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+
+    def _drop_thread_conn(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._conns_lock:
+            self._conns.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
