@@ -17,8 +17,9 @@ right everywhere. `calibrate` splits the training log by time (the last `valid_f
    calibrated rank fusion (`candgen.blend.fusion`, both cross-fitted) against the configured mix — warm
    users for `sources.mix`, the users the engine treats as new (fewer than `new_user_engagements`) for
    `sources.cold_user_mix`. The configured mix stays unless an option beats it beyond noise (paired
-   per-user differences); when a curve strategy wins for a cohort, `blend.cohort_strategy[cohort]` says
-   which and that cohort's rank curves are stored in `blend.rank_curves`.
+   per-user differences); of the options that do, the one with the best mean recall is taken. When a
+   curve strategy wins for a cohort, `blend.cohort_strategy[cohort]` says which and that cohort's rank
+   curves are stored in `blend.rank_curves`.
 
 The collaborative source is measured with the model that never learnt the validation slice (the
 early-stopped model from before the refit, `train_two_tower(held_out=...)`), so that it is not
@@ -181,8 +182,9 @@ def _calibrate_popularity(cfg: Config, fit: Dataset, users: np.ndarray, truth: A
     """The cold-start popularity's half-life and early boost, chosen on the new (cold) validation users alone:
     it is only served to them. Each option ranks the catalog once (a weighted bincount); the current setting
     (step 1's half-life, the configured boost) stays unless an option beats it by more than z standard errors
-    of the paired per-user difference. Changes `cfg.sources` in place; returns what was measured."""
-    from candgen.calibrate_blend import margin
+    of the paired per-user difference; of those that do, the best on average is taken. Changes `cfg.sources`
+    in place; returns what was measured."""
+    from candgen.calibrate_blend import margin, pick
     from candgen.sources.activity import early_boosted
 
     current = (cfg.sources.popular_half_life_hours, cfg.sources.popular_early_boost)
@@ -197,10 +199,10 @@ def _calibrate_popularity(cfg: Config, fit: Dataset, users: np.ndarray, truth: A
     base = per_user.get(current)
     best, best_margin = current, 0.0
     if base is not None:
-        for option, r in per_user.items():
-            m = margin(r, base, z)
-            if m > best_margin:
-                best, best_margin = option, m
+        margins = {option: margin(r, base, z) for option, r in per_user.items()}
+        _, best = pick([(margins[o], float(r.mean()), "popularity", o) for o, r in per_user.items()],
+                       fallback=("popularity", current))
+        best_margin = margins.get(best, 0.0)
     else:  # the configured half-life is off the grid: take the best option outright
         best = max(per_user, key=lambda o: float(per_user[o].mean()))
     cfg.sources.popular_half_life_hours, cfg.sources.popular_early_boost = float(best[0]), bool(best[1])

@@ -167,17 +167,30 @@ def margin(option: np.ndarray, default: np.ndarray, z: float) -> float:
     return float(d.mean()) - z * se
 
 
+def pick(options: Sequence[tuple[float, float, str, Any]], *, fallback: tuple[str, Any]) -> tuple[str, Any]:
+    """The option to take from (margin over the default, mean recall, strategy, setting) tuples: the default
+    (`fallback`) unless some option beats it beyond noise (margin > 0); among those that do, the one with
+    the highest mean recall. The margin is only the gate: ranking the passing options by it would favour
+    options that differ little from the default (a small variance of the paired difference) over better ones."""
+    passing = [o for o in options if o[0] > 0]
+    if not passing:
+        return fallback
+    best = max(passing, key=lambda o: o[1])  # the first of equals: options are listed in a fixed order
+    return best[2], best[3]
+
+
 def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequence[Mapping[str, float]],
                  ks: Sequence[int], overfetch: float, normalization: str, z: float = 1.0) -> BlendChoice:
     """The configured mix `current` (quota merge) unless an option beats it by more than `z` standard errors of
     the paired per-user difference (recall of one list's prefixes, averaged over `ks`); among those that do,
-    the one with the largest such margin. Options: each grid mix (quota merge); the configured and the best
+    the one with the highest mean recall (`pick`). Options: each grid mix (quota merge); the configured and the best
     grid mix with their items ordered by cross-fitted rank curves ("ordered"); rank fusion ("calibrated")."""
     present = {c.source for s in samples for c in s.lists}
     usable = {n: float(w) for n, w in current.items() if n in present}
     base = quota_recall(samples, usable, ks=ks, overfetch=overfetch, normalization=normalization)
     tried: list[dict[str, Any]] = [{"mix": current, "recall": round(float(base.mean()), 4), "margin": 0.0}]
-    best: tuple[float, str, dict[str, float]] = (0.0, "quota", dict(current))
+    # (margin, mean recall, strategy, mix) of every option; the configured mix is the fallback
+    options: list[tuple[float, float, str, dict[str, float]]] = []
     best_quota: tuple[float, dict[str, float]] = (0.0, dict(current))
     for mix in grid:
         if mix == current:
@@ -188,8 +201,7 @@ def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequ
         tried.append({"mix": dict(mix), "recall": round(float(r.mean()), 4), "margin": round(m, 4)})
         if float(r.mean() - base.mean()) > best_quota[0]:
             best_quota = (float(r.mean() - base.mean()), dict(mix))
-        if m > best[0]:
-            best = (m, "quota", dict(mix))
+        options.append((m, float(r.mean()), "quota", dict(mix)))
     names = sorted(present)
     report: dict[str, Any] = {"ks": list(ks), "z": z, "tried": tried}
     for mix in ([dict(current)] if best_quota[1] == current else [dict(current), best_quota[1]]):
@@ -205,23 +217,23 @@ def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequ
         m = margin(ordered, base, z)
         tried.append({"mix": mix, "order": "rank curves (cross-fitted)", "recall": round(float(ordered.mean()), 4),
                       "margin": round(m, 4)})
-        if m > best[0]:
-            best = (m, "ordered", mix)
+        options.append((m, float(ordered.mean()), "ordered", mix))
     fused = cross_fitted_fusion(samples, names, ks=ks, overfetch=overfetch)
     if fused is not None:
         m = margin(fused, base, z)
         report["fusion_recall_cross_fitted"] = round(float(fused.mean()), 4)
         report["fusion_margin"] = round(m, 4)
-        if m > best[0]:
-            curves = fit_curves(samples, names)
-            shares = curve_shares(curves, names, max(ks))
-            total = sum(shares.values()) or 1.0
-            # every source with a curve keeps a weight, so that it runs (its slots are decided by its curve)
-            mix = {n: round(max(shares.get(n, 0.0) / total, 0.01), 3) for n in names}
-            report.update(chosen="calibrated", strategy="calibrated", mix=mix,
-                          recall=report["fusion_recall_cross_fitted"])
-            return BlendChoice(mix, curves, report, "calibrated")
-    _, strategy, chosen = best
+        options.append((m, float(fused.mean()), "calibrated", {}))
+    strategy, chosen = pick(options, fallback=("quota", dict(current)))
+    if strategy == "calibrated":
+        curves = fit_curves(samples, names)
+        shares = curve_shares(curves, names, max(ks))
+        total = sum(shares.values()) or 1.0
+        # every source with a curve keeps a weight, so that it runs (its slots are decided by its curve)
+        mix = {n: round(max(shares.get(n, 0.0) / total, 0.01), 3) for n in names}
+        report.update(chosen="calibrated", strategy="calibrated", mix=mix,
+                      recall=report["fusion_recall_cross_fitted"])
+        return BlendChoice(mix, curves, report, "calibrated")
     recall = next(t["recall"] for t in tried if t["mix"] == chosen and ("order" in t) == (strategy == "ordered"))
     report.update(chosen=chosen, strategy=strategy, recall=recall)
     return BlendChoice(chosen, fit_curves(samples, names) if strategy == "ordered" else None, report, strategy)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from candgen.blend.fusion import RANK_EDGES
-from candgen.calibrate_blend import Sample, choose_blend, fit_curves, fusion_recall, quota_recall
+from candgen.calibrate_blend import Sample, choose_blend, fit_curves, fusion_recall, pick, quota_recall
 from candgen.types import Candidates
 
 
@@ -115,3 +115,31 @@ def test_curve_order_is_chosen_when_the_mix_is_right_but_its_head_is_not():
     assert choice.strategy == "ordered" and choice.mix == current and choice.report["chosen"] == current
     assert choice.curves is not None and choice.curves["b"][0] > 10 * choice.curves["a"][0]
     assert choice.report["recall"] == pytest.approx(1.0) and choice.report["tried"][0]["recall"] == pytest.approx(0.75)
+
+
+def test_pick_gates_on_the_margin_and_ranks_the_passing_options_by_their_mean():
+    options = [(0.02, 0.41, "quota", "near the default"), (0.005, 0.45, "quota", "far and better"),
+               (-0.01, 0.60, "calibrated", "better on average, within the noise")]
+    assert pick(options, fallback=("quota", "default")) == ("quota", "far and better")
+    assert pick(options[2:], fallback=("quota", "default")) == ("quota", "default")
+    assert pick([], fallback=("quota", "default")) == ("quota", "default")
+    # equals: the first listed wins, so the choice does not depend on set or dict ordering
+    assert pick([(0.1, 0.5, "quota", "x"), (0.2, 0.5, "ordered", "y")], fallback=("quota", "d")) == ("quota", "x")
+
+
+def test_of_two_mixes_that_beat_the_default_the_better_one_wins_not_the_surer_one():
+    # @3: the default shows a1 a2 a3; "near" a1 a2 b1 (gains a little for every user); "far" a1 c1 c2 (gains
+    # a lot for three users in four, loses a lot for the fourth): far is better on average but less sure
+    samples = []
+    for u in range(12):
+        a, b, c = (np.arange(1000 * u + o, 1000 * u + o + 50) for o in (0, 100, 200))
+        truth = [a[0], b[0], c[0], c[1]] if u % 4 else [a[0], a[1], a[2], b[0]]
+        samples.append(Sample([lst(a, "a"), lst(b, "b"), lst(c, "c")], np.array(truth, np.int64)))
+    near, far = {"a": 2 / 3, "b": 1 / 3}, {"a": 1 / 3, "c": 2 / 3}
+    choice = choose_blend(samples, current={"a": 1.0}, grid=[near, far], ks=(3,), overfetch=1.0,
+                          normalization="rank")
+    rows = [t for t in choice.report["tried"] if "order" not in t]
+    assert rows[1]["mix"] == near and rows[2]["mix"] == far
+    assert rows[1]["margin"] > rows[2]["margin"] > 0 and rows[2]["recall"] > rows[1]["recall"]
+    assert rows[1]["recall"] == pytest.approx(0.5625) and rows[2]["recall"] == pytest.approx(0.625)
+    assert choice.mix == far and choice.strategy == "quota" and choice.report["recall"] == pytest.approx(0.625)
