@@ -70,6 +70,7 @@ def _immediate(conn: sqlite3.Connection) -> Any:
             conn.execute("ROLLBACK")
         raise
 
+
 def _is_busy(e: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock; trying again later may succeed."""
     code = getattr(e, "sqlite_errorcode", None)
