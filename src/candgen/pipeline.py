@@ -48,7 +48,7 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
                     force: bool = False) -> TrainSummary:
     """Train everything on `ds` and write the artifacts directory `out` (replaced atomically)."""
     from candgen.index.flat import FlatIndex
-    from candgen.index.registry import choose_index
+    from candgen.index.registry import choose_index, load_index
     from candgen.model.export import TwoTowerModel
     from candgen.model.train import train_two_tower
     from candgen.sources.build import build_sources, save_state
@@ -88,7 +88,10 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
             t = time.perf_counter()
             cal_model, cal_vectors, cal_index = model, vectors, index
             if held_out:  # measure the sources with a model that did not learn the validation slice
-                cal_model = held_out[0]
+                # the served vectors and index are on disk already: let them go while the held-out model's
+                # are in memory (at 10M items each pair is ~5 GB), and read them back afterwards
+                del index, vectors, cal_vectors, cal_index
+                cal_model = held_out.pop()
                 cal_vectors = np.ascontiguousarray(cal_model.item_embeddings(ds, now=now), dtype=np.float32)
                 # exact search up to 1M items (a few hundred validation queries cost seconds); beyond, the
                 # same kind of index as the served one, so calibration stays a fraction of training
@@ -98,9 +101,14 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
             cal = calibrate(ds, config=config, model=cal_model, index=cal_index, vectors=cal_vectors,
                             progress=progress)
             config = cal.config
-            cal.report["model"] = "held-out (early-stopped, before the validation slice)" if held_out else "final"
+            cal.report["model"] = ("final" if cal_model is model
+                                   else "held-out (early-stopped, before the validation slice)")
             cal.report["index"] = cal_index.kind
             extra["calibration"] = cal.report
+            if cal_model is not model:
+                del cal_model, cal_vectors, cal_index
+                vectors = np.load(tmp / "item_embeddings.npy", mmap_mode="r")  # pages the OS may drop and re-read
+                index = load_index(tmp / "index")  # with the tuned search setting
             seconds["calibrate"] = time.perf_counter() - t
         t = time.perf_counter()
         progress.task("sources", total=1)
