@@ -42,6 +42,40 @@ def restrict_until(ds: Dataset, until: int | None) -> Dataset:
 
 
 CALIBRATION_EXACT_ITEMS = 1_000_000
+OWNER_FILE = ".owner"  # "host pid" of the train writing a temporary artifacts directory
+
+
+def _owner() -> str:
+    return f"{os.uname().nodename} {os.getpid()}"
+
+
+def remove_abandoned_tmp(out: Path) -> list[Path]:
+    """Remove the temporary directories (`.OUT.xxxx` beside `out`) of trains on this host whose process is
+    gone: a train killed outright (the OOM killer, kill -9) cannot clean up after itself, and its partial
+    artifacts can take gigabytes. A directory of a live process, of another host or without an owner
+    file is left alone. Returns what was removed."""
+    removed: list[Path] = []
+    host = os.uname().nodename
+    for d in out.parent.glob(f".{out.name}.*"):
+        try:
+            owner_host, pid = (d / OWNER_FILE).read_text().split()
+            if owner_host != host or _alive(int(pid)):
+                continue
+        except (OSError, ValueError):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: Progress = NO_PROGRESS,
@@ -59,7 +93,9 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()) and not force:
         raise CandgenError(f"{out} exists and is not an artifacts directory; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_tmp(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    (tmp / OWNER_FILE).write_text(_owner())
     seconds: dict[str, float] = {}
     try:
         t = time.perf_counter()
@@ -123,6 +159,7 @@ def train_artifacts(ds: Dataset, out: str | Path, *, config: Config, progress: P
             counts={"users": ds.n_users, "items": ds.n_items, "interactions": len(ds.interactions)},
             extra={"index_kind": index.kind, "seconds": seconds, **extra},
         ).write(tmp)
+        (tmp / OWNER_FILE).unlink()
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

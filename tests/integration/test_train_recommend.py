@@ -54,6 +54,8 @@ def test_artifacts_are_self_describing(world):
     assert m.model_version.startswith("twotower-") and "faiss" in m.libraries
     for part in ("dataset/arrays.npz", "model", "item_embeddings.npy", "index/metadata.json", "state/sources.json"):
         assert (root / "art" / part).exists(), part
+    assert not (root / "art" / ".owner").exists()  # the temporary directory's owner mark stays behind
+    assert not list(root.glob(".art.*"))  # and no temporary directory does
 
 
 def test_warm_user_gets_k_distinct_unseen_candidates_with_provenance(world, engine):
