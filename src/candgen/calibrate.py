@@ -200,8 +200,7 @@ def _calibrate_popularity(cfg: Config, fit: Dataset, users: np.ndarray, truth: A
     best, best_margin = current, 0.0
     if base is not None:
         margins = {option: margin(r, base, z) for option, r in per_user.items()}
-        _, best = pick([(margins[o], float(r.mean()), "popularity", o) for o, r in per_user.items()],
-                       fallback=("popularity", current))
+        best = pick([(margins[o], float(r.mean()), o) for o, r in per_user.items()], fallback=current)
         best_margin = margins.get(best, 0.0)
     else:  # the configured half-life is off the grid: take the best option outright
         best = max(per_user, key=lambda o: float(per_user[o].mean()))

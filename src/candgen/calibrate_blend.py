@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -159,6 +159,9 @@ def cross_fitted_fusion(samples: list[Sample], names: Sequence[str], *, ks: Sequ
     return cross_fitted(samples, names, lambda users, curves: fusion_recall(users, curves, ks=ks, overfetch=overfetch))
 
 
+T = TypeVar("T")
+
+
 def margin(option: np.ndarray, default: np.ndarray, z: float) -> float:
     """How surely `option` beats `default` on the same users: the mean paired difference minus z standard
     errors of it (> 0: better beyond noise)."""
@@ -167,16 +170,15 @@ def margin(option: np.ndarray, default: np.ndarray, z: float) -> float:
     return float(d.mean()) - z * se
 
 
-def pick(options: Sequence[tuple[float, float, str, Any]], *, fallback: tuple[str, Any]) -> tuple[str, Any]:
-    """The option to take from (margin over the default, mean recall, strategy, setting) tuples: the default
+def pick(options: Sequence[tuple[float, float, T]], *, fallback: T) -> T:
+    """The option to take from (margin over the default, mean recall, setting) triples: the default
     (`fallback`) unless some option beats it beyond noise (margin > 0); among those that do, the one with
     the highest mean recall. The margin is only the gate: ranking the passing options by it would favour
     options that differ little from the default (a small variance of the paired difference) over better ones."""
     passing = [o for o in options if o[0] > 0]
     if not passing:
         return fallback
-    best = max(passing, key=lambda o: o[1])  # the first of equals: options are listed in a fixed order
-    return best[2], best[3]
+    return max(passing, key=lambda o: o[1])[2]  # the first of equals: options are listed in a fixed order
 
 
 def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequence[Mapping[str, float]],
@@ -189,8 +191,8 @@ def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequ
     usable = {n: float(w) for n, w in current.items() if n in present}
     base = quota_recall(samples, usable, ks=ks, overfetch=overfetch, normalization=normalization)
     tried: list[dict[str, Any]] = [{"mix": current, "recall": round(float(base.mean()), 4), "margin": 0.0}]
-    # (margin, mean recall, strategy, mix) of every option; the configured mix is the fallback
-    options: list[tuple[float, float, str, dict[str, float]]] = []
+    # (margin, mean recall, (strategy, mix)) of every option; the configured mix is the fallback
+    options: list[tuple[float, float, tuple[str, dict[str, float]]]] = []
     best_quota: tuple[float, dict[str, float]] = (0.0, dict(current))
     for mix in grid:
         if mix == current:
@@ -201,7 +203,7 @@ def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequ
         tried.append({"mix": dict(mix), "recall": round(float(r.mean()), 4), "margin": round(m, 4)})
         if float(r.mean() - base.mean()) > best_quota[0]:
             best_quota = (float(r.mean() - base.mean()), dict(mix))
-        options.append((m, float(r.mean()), "quota", dict(mix)))
+        options.append((m, float(r.mean()), ("quota", dict(mix))))
     names = sorted(present)
     report: dict[str, Any] = {"ks": list(ks), "z": z, "tried": tried}
     for mix in ([dict(current)] if best_quota[1] == current else [dict(current), best_quota[1]]):
@@ -217,13 +219,13 @@ def choose_blend(samples: list[Sample], *, current: dict[str, float], grid: Sequ
         m = margin(ordered, base, z)
         tried.append({"mix": mix, "order": "rank curves (cross-fitted)", "recall": round(float(ordered.mean()), 4),
                       "margin": round(m, 4)})
-        options.append((m, float(ordered.mean()), "ordered", mix))
+        options.append((m, float(ordered.mean()), ("ordered", mix)))
     fused = cross_fitted_fusion(samples, names, ks=ks, overfetch=overfetch)
     if fused is not None:
         m = margin(fused, base, z)
         report["fusion_recall_cross_fitted"] = round(float(fused.mean()), 4)
         report["fusion_margin"] = round(m, 4)
-        options.append((m, float(fused.mean()), "calibrated", {}))
+        options.append((m, float(fused.mean()), ("calibrated", {})))
     strategy, chosen = pick(options, fallback=("quota", dict(current)))
     if strategy == "calibrated":
         curves = fit_curves(samples, names)

@@ -118,13 +118,13 @@ def test_curve_order_is_chosen_when_the_mix_is_right_but_its_head_is_not():
 
 
 def test_pick_gates_on_the_margin_and_ranks_the_passing_options_by_their_mean():
-    options = [(0.02, 0.41, "quota", "near the default"), (0.005, 0.45, "quota", "far and better"),
-               (-0.01, 0.60, "calibrated", "better on average, within the noise")]
-    assert pick(options, fallback=("quota", "default")) == ("quota", "far and better")
-    assert pick(options[2:], fallback=("quota", "default")) == ("quota", "default")
-    assert pick([], fallback=("quota", "default")) == ("quota", "default")
+    options = [(0.02, 0.41, "near the default"), (0.005, 0.45, "far and better"),
+               (-0.01, 0.60, "better on average, within the noise")]
+    assert pick(options, fallback="default") == "far and better"
+    assert pick(options[2:], fallback="default") == "default"
+    assert pick([], fallback="default") == "default"
     # equals: the first listed wins, so the choice does not depend on set or dict ordering
-    assert pick([(0.1, 0.5, "quota", "x"), (0.2, 0.5, "ordered", "y")], fallback=("quota", "d")) == ("quota", "x")
+    assert pick([(0.1, 0.5, "x"), (0.2, 0.5, "y")], fallback="d") == "x"
 
 
 def test_of_two_mixes_that_beat_the_default_the_better_one_wins_not_the_surer_one():
